@@ -1,0 +1,142 @@
+"""relay's settings: one record per setting, read from flags or the environment.
+
+Each ``Setting`` has its environment name, default, parser and help text. The README
+documents every one of them (a test checks), and ``Settings.from_env`` validates
+them all at start-up so a typo names the variable instead of failing later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _size(text: str) -> int:
+    """Parse ``1048576``, ``512KiB``, ``1MiB``, ``2MB`` into bytes."""
+    t = text.strip().lower().replace(" ", "")
+    units = {"kib": 1024, "kb": 1000, "mib": 1024**2, "mb": 1000**2, "gib": 1024**3, "gb": 1000**3}
+    for unit, factor in units.items():
+        if t.endswith(unit):
+            return int(float(t[: -len(unit)]) * factor)
+    if t.endswith("k"):
+        return int(float(t[:-1]) * 1024)
+    if t.endswith("m"):
+        return int(float(t[:-1]) * 1024**2)
+    return int(t)
+
+
+def _duration(text: str) -> float:
+    """Parse ``30``, ``30s``, ``5m``, ``24h``, ``7d`` into seconds."""
+    t = text.strip().lower()
+    factors = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+    for unit in ("ms", "s", "m", "h", "d"):
+        if t.endswith(unit):
+            return float(t[: -len(unit)]) * factors[unit]
+    return float(t)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str  # attribute on Settings
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("recipes", "RELAY_RECIPES", "./recipes", Path,
+            "Folder of recipe files and sources.yaml."),
+    Setting("db", "RELAY_DB", "./relay.db", Path,
+            "The SQLite database file (events, deliveries, secrets)."),
+    Setting("data", "RELAY_DATA", "./data", Path,
+            "Folder for files relay writes: CSV outputs and the generated secret key."),
+    Setting("host", "RELAY_HOST", "127.0.0.1", str,
+            "Address to listen on. Use 0.0.0.0 to accept connections from other machines."),
+    Setting("port", "RELAY_PORT", 8000, int, "Port to listen on."),
+    Setting("max_body", "RELAY_MAX_BODY", 1024 * 1024, _size,
+            "Largest webhook body accepted, in bytes (suffixes KiB, MiB allowed)."),
+    Setting("secret_key", "RELAY_SECRET_KEY", None, str,
+            "Key that encrypts stored secrets. If unset, one is generated once into "
+            "the data folder (secret.key)."),
+    Setting("delivery_timeout", "RELAY_DELIVERY_TIMEOUT", 30.0, _duration,
+            "How long one delivery attempt may take before it counts as failed and is retried."),
+    Setting("retry_base", "RELAY_RETRY_BASE", 5.0, _duration,
+            "First retry delay; each later retry waits about twice as long (with jitter)."),
+    Setting("retry_max_delay", "RELAY_RETRY_MAX_DELAY", 3600.0, _duration,
+            "Longest wait between two attempts of one delivery."),
+    Setting("max_age", "RELAY_MAX_AGE", 86400.0, _duration,
+            "A delivery still failing this long after it was queued is given up as dead."),
+    Setting("concurrency", "RELAY_CONCURRENCY", 16, int,
+            "How many deliveries may be in flight at once."),
+    Setting("timestamp_tolerance", "RELAY_TIMESTAMP_TOLERANCE", 300.0, _duration,
+            "How far a signed timestamp may be from now before the request is refused."),
+)
+
+
+@dataclasses.dataclass
+class Settings:
+    recipes: Path = Path("./recipes")
+    db: Path = Path("./relay.db")
+    data: Path = Path("./data")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body: int = 1024 * 1024
+    secret_key: str | None = None
+    delivery_timeout: float = 30.0
+    retry_base: float = 5.0
+    retry_max_delay: float = 3600.0
+    max_age: float = 86400.0
+    concurrency: int = 16
+    timestamp_tolerance: float = 300.0
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); overrides win.
+
+        Overrides whose value is ``None`` are ignored, so click options that were
+        not given fall back to the environment.
+
+        :raises ConfigError: naming the variable, when a value does not parse.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = env.get(setting.env)
+            if raw is None or raw == "":
+                values[setting.name] = setting.default
+                if isinstance(setting.default, str) and setting.parse is Path:
+                    values[setting.name] = Path(setting.default)
+                continue
+            try:
+                values[setting.name] = setting.parse(raw)
+            except (ValueError, TypeError):
+                raise ConfigError(
+                    f"{setting.env}={raw!r} is not valid: {setting.help}"
+                ) from None
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = value
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """:raises ConfigError: when a value is out of range."""
+        if self.max_body < 1:
+            raise ConfigError("RELAY_MAX_BODY must be at least 1 byte.")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"RELAY_PORT must be between 1 and 65535, not {self.port}.")
+        if self.concurrency < 1:
+            raise ConfigError("RELAY_CONCURRENCY must be at least 1.")
+        for name in ("delivery_timeout", "retry_base", "retry_max_delay", "max_age"):
+            if getattr(self, name) <= 0:
+                env = next(s.env for s in SETTINGS if s.name == name)
+                raise ConfigError(f"{env} must be greater than zero.")
