@@ -151,11 +151,12 @@ def check_timestamp(raw: str, *, now: float, tolerance: float, header: str) -> i
     """
     try:
         ts = int(raw.strip())
-    except ValueError:
+        away = abs(now - ts)  # OverflowError when ts is too large for a float
+    except (ValueError, OverflowError):
         raise StaleTimestamp(f"The {header} value {raw[:40]!r} is not a Unix timestamp.") from None
-    if abs(now - ts) > tolerance:
+    if away > tolerance:
         raise StaleTimestamp(
-            f"The signed timestamp is {int(abs(now - ts))} seconds away from this server's clock "
+            f"The signed timestamp is {int(away)} seconds away from this server's clock "
             f"(at most {int(tolerance)} allowed). Either this is a replay of an old request, "
             "or this server's clock is wrong: check it with `date -u`."
         )

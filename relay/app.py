@@ -1,0 +1,183 @@
+"""``create_app(settings)``: the relay as an ASGI app.
+
+The lifespan opens the database (one writer thread), loads sources and recipes,
+and starts three background tasks: the router (stored events -> deliveries), the
+deliverer (deliveries -> destinations) and the watcher, which reloads the recipes
+folder when a file in it changes, so edits apply without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TypedDict
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .delivery import Deliverer
+from .destinations import DestinationContext
+from .ingest import receive
+from .recipes import Recipes, load_recipes, recipe_files
+from .routing import Router
+from .secrets import SecretStore
+from .settings import Settings
+from .sources import Sources, load_sources
+from .store import Store, Writer
+
+log = logging.getLogger("relay")
+
+
+@dataclasses.dataclass
+class Config:
+    """Sources and recipes as loaded together; replaced whole on reload."""
+
+    sources: Sources
+    recipes: Recipes
+    stamp: tuple[object, ...] = ()
+
+
+def config_stamp(folder: Path, secrets: SecretStore) -> tuple[object, ...]:
+    """Changes when any recipe, sources.yaml or stored secret changes."""
+    return (folder_stamp(folder), secrets.stamp())
+
+
+def folder_stamp(folder: Path) -> tuple[tuple[str, float, int], ...]:
+    """What changes when any recipe or sources.yaml changes (names, mtimes, sizes)."""
+    paths = recipe_files(folder) + [folder / "sources.yaml"]
+    stamp = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        stamp.append((str(path), st.st_mtime, st.st_size))
+    return tuple(stamp)
+
+
+def load_config(settings: Settings, secrets: SecretStore) -> Config:
+    folder = Path(settings.recipes)
+    stamp = config_stamp(folder, secrets)
+    sources = load_sources(folder, secrets.lookup)
+    recipes = load_recipes(folder, sources, secrets.lookup,
+                           DestinationContext(data_dir=Path(settings.data)))
+    return Config(sources, recipes, stamp)
+
+
+class Runtime:
+    """Everything the running relay shares: settings, database, config, workers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.writer = Writer(settings.db)
+        # A second connection for the event loop's own small reads (secrets at reload).
+        self.reader = Store(settings.db)
+        self.secrets = SecretStore(self.reader, settings)
+        self.config = load_config(settings, self.secrets)
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=max(settings.concurrency, 10)),
+            headers={"User-Agent": "relay"},
+        )
+        self.router = Router(self.writer, lambda: self.config.recipes, self._queued)
+        self.deliverer = Deliverer(self.writer, lambda: self.config.recipes, settings, self.client)
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def _queued(self) -> None:
+        self.deliverer.wake.set()
+
+    def reload(self) -> Config:
+        self.config = load_config(self.settings, self.secrets)
+        return self.config
+
+    async def watch(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if config_stamp(Path(self.settings.recipes), self.secrets) != self.config.stamp:
+                config = self.reload()
+                errors = len(config.sources.all_errors()) + len(config.recipes.errors())
+                log.info("reloaded %d recipes (%d with errors)", len(config.recipes.items), errors)
+
+    def start(self) -> None:
+        for name, coro in (("router", self.router.run()), ("deliverer", self.deliverer.run()),
+                           ("watcher", self.watch())):
+            task = asyncio.create_task(coro, name=f"relay-{name}")
+            task.add_done_callback(_crashed)
+            self.tasks.append(task)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            if task.get_name() != "relay-deliverer":
+                task.cancel()
+        deliverer = next((t for t in self.tasks if t.get_name() == "relay-deliverer"), None)
+        if deliverer is not None:
+            deliverer.cancel()
+        # Attempts already on the wire get a moment to finish; the rest stay
+        # 'sending' and go back to the queue at the next start.
+        await self.deliverer.drain(timeout=5)
+        for task in list(self.deliverer.in_flight):
+            task.cancel()
+        await asyncio.gather(*self.tasks, *self.deliverer.in_flight, return_exceptions=True)
+        await self.client.aclose()
+        self.writer.close()
+        self.reader.close()
+
+
+def _crashed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("background task %s stopped", task.get_name(), exc_info=task.exception())
+
+
+class State(TypedDict):
+    runtime: Runtime
+
+
+async def healthz(request: Request) -> JSONResponse:
+    runtime: Runtime = request.state.runtime
+    writable = await runtime.writer.run(lambda s: s.writable())
+    if not writable:
+        return JSONResponse({"status": "error", "error": "the database is not writable"},
+                            status_code=503)
+    config = runtime.config
+    return JSONResponse({
+        "status": "ok",
+        "sources": len(config.sources),
+        "recipes": len(config.recipes.items),
+        "errors": len(config.sources.all_errors()) + len(config.recipes.errors()),
+    })
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    messages = {404: "Nothing here. Webhooks go to /hooks/<source>.",
+                405: "This address only takes POST requests from a webhook sender."}
+    return JSONResponse({"error": messages.get(exc.status_code, exc.detail)},
+                        status_code=exc.status_code, headers=exc.headers)
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        runtime = Runtime(settings)
+        runtime.start()
+        try:
+            yield {"runtime": runtime}
+        finally:
+            await runtime.stop()
+
+    return Starlette(
+        routes=[
+            Route("/hooks/{source}", receive, methods=["POST"]),
+            Route("/hooks/{source}/{token}", receive, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )

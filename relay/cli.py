@@ -1,0 +1,255 @@
+"""The ``relay`` command. ``relay`` alone is ``relay serve``.
+
+Errors reach the user here as one plain line on stderr and a non-zero exit code;
+nothing below this module prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from click_default_group import DefaultGroup
+
+from .destinations import DestinationContext
+from .errors import ConfigError, MappingError, RelayError
+from .recipes import check_messages, load_recipe, load_recipes, redact
+from .routing import run_recipe
+from .secrets import SecretStore
+from .settings import Settings, _duration
+from .sources import Request, load_sources
+from .store import Store
+
+
+def settings_from(**options: Any) -> Settings:
+    try:
+        return Settings.from_env(**options)
+    except ConfigError as e:
+        raise click.ClickException(e.message) from None
+
+
+def secret_store(settings: Settings, create: bool = False) -> SecretStore:
+    """Secrets from the database when it exists (or ``create``), else the environment."""
+    if create or Path(settings.db).exists():
+        return SecretStore(Store(settings.db), settings)
+    return SecretStore(None, settings)
+
+
+def common(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--db", type=click.Path(path_type=Path), default=None,
+                     help="SQLite database file [env RELAY_DB; default ./relay.db]")(f)
+    f = click.option("--recipes", type=click.Path(path_type=Path), default=None,
+                     help="Recipes folder [env RELAY_RECIPES; default ./recipes]")(f)
+    return f
+
+
+@click.group(cls=DefaultGroup, default="serve", default_if_no_args=True)
+@click.version_option(package_name="relay")
+def cli() -> None:
+    """relay: receive ticketing webhooks, map them with recipes, deliver them anywhere."""
+
+
+@cli.command()
+@common
+@click.option("--host", default=None, help="Address to listen on [env RELAY_HOST; default 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="Port [env RELAY_PORT; default 8000]")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Data folder [env RELAY_DATA; default ./data]")
+def serve(recipes: Path | None, db: Path | None, host: str | None, port: int | None,
+          data: Path | None) -> None:
+    """Start relay: receive webhooks and deliver them."""
+    import uvicorn
+
+    from .app import create_app
+
+    settings = settings_from(recipes=recipes, db=db, host=host, port=port, data=data)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    report_problems(settings)
+    click.echo(f"relay: webhooks go to http://{settings.host}:{settings.port}/hooks/<source>", err=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level="info", proxy_headers=False, server_header=False,
+                timeout_graceful_shutdown=10)
+
+
+def report_problems(settings: Settings) -> None:
+    """Print every configuration problem at start-up; relay still starts."""
+    secrets = secret_store(settings)
+    folder = Path(settings.recipes)
+    sources = load_sources(folder, secrets.lookup)
+    recipes = load_recipes(folder, sources, secrets.lookup, DestinationContext(Path(settings.data)))
+    for line in check_messages(sources, recipes):
+        click.echo(f"relay: {line} (this part is disabled until fixed)", err=True)
+    click.echo(f"relay: {len(sources)} sources, {len(recipes.items)} recipes "
+               f"({sum(r.active for r in recipes.items)} active) in {folder}", err=True)
+
+
+@cli.command()
+@click.argument("folder", required=False, type=click.Path(path_type=Path))
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="Database holding secrets [env RELAY_DB; default ./relay.db]")
+def check(folder: Path | None, db: Path | None) -> None:
+    """Check the recipes folder; print each problem as FILE:LINE: message."""
+    settings = settings_from(recipes=folder, db=db)
+    secrets = secret_store(settings)
+    folder = Path(settings.recipes)
+    if not folder.is_dir():
+        raise click.ClickException(f"{folder} is not a folder")
+    sources = load_sources(folder, secrets.lookup)
+    recipes = load_recipes(folder, sources, secrets.lookup, DestinationContext(Path(settings.data)))
+    problems = check_messages(sources, recipes)
+    for line in problems:
+        click.echo(line)
+    if problems:
+        click.echo(f"{len(problems)} problem(s) found.", err=True)
+        sys.exit(1)
+    click.echo(f"OK: {len(sources)} sources, {len(recipes.items)} recipes.", err=True)
+
+
+@cli.command(name="try")
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("payload", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--type", "event_type", default=None,
+              help="Event type to assume (default: read from the payload where the platform puts it there)")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="Database holding secrets [env RELAY_DB; default ./relay.db]")
+def try_(recipe: Path, payload: Path, event_type: str | None, db: Path | None) -> None:
+    """Dry run: show what RECIPE would send for the event in PAYLOAD.json. Sends nothing."""
+    folder = recipe.resolve().parent
+    settings = settings_from(recipes=folder, db=db)
+    secrets = secret_store(settings)
+    sources = load_sources(folder, secrets.lookup)
+    loaded = load_recipe(recipe.resolve(), folder, sources, secrets.lookup,
+                         DestinationContext(Path(settings.data)))
+    if loaded.error is not None:
+        raise click.ClickException(loaded.error.located())
+    body = payload.read_bytes()
+    try:
+        event = json.loads(body)
+    except ValueError as e:
+        raise click.ClickException(f"{payload} is not valid JSON: {e}") from None
+    source = sources.get(loaded.source or "")
+    is_test = False
+    if event_type is None and source is not None and source.platform is not None:
+        described = source.platform.describe(Request({}, body), event)
+        event_type, is_test = described.type, described.is_test
+    event_type = event_type or "webhook"
+    show = lambda value: redact(json.dumps(value, indent=2, ensure_ascii=False),  # noqa: E731
+                                loaded.secret_values)
+    click.echo(f"event type: {event_type}{' (a test event)' if is_test else ''}")
+    if not loaded.wants(event_type, is_test):
+        click.echo(f"Nothing would be sent: the recipe takes events {loaded.events}, "
+                   f"not {event_type!r}.")
+        return
+    if not loaded.enabled:
+        click.echo("Note: the recipe is turned off (enabled: false); this is what it would send.")
+    meta = {"source": loaded.source, "type": event_type, "id": 0, "received_at": time.time()}
+    try:
+        outputs = run_recipe(loaded, event, meta)
+    except MappingError as e:
+        raise click.ClickException(f"{recipe}: {e.message}") from None
+    if not outputs:
+        click.echo("Nothing would be sent: the recipe's `when` (or `for_each`) filtered it out.")
+        return
+    for item_index, fields in outputs:
+        label = f" (item {item_index})" if item_index is not None else ""
+        for number, destination in enumerate(loaded.to, 1):
+            try:
+                preview = destination.preview(fields)
+            except RelayError as e:
+                preview = {"type": destination.type, "error": e.message}
+            click.echo(f"--- destination {number}{label}: {destination.name}")
+            click.echo(show(preview))
+
+
+@cli.command()
+@click.argument("delivery_id", required=False, type=int)
+@click.option("--dead", "all_dead", is_flag=True, help="Replay every dead delivery matching the filters.")
+@click.option("--source", default=None, help="Only deliveries of events from this source.")
+@click.option("--recipe", default=None, help="Only deliveries of this recipe.")
+@click.option("--since", default=None, help="Only deliveries queued in this window, e.g. 2h or 3d.")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="SQLite database file [env RELAY_DB; default ./relay.db]")
+def replay(delivery_id: int | None, all_dead: bool, source: str | None, recipe: str | None,
+           since: str | None, db: Path | None) -> None:
+    """Send a delivery again: one by id, or every dead one matching the filters (--dead).
+
+    A running relay picks replayed deliveries up within a second.
+    """
+    if delivery_id is None and not all_dead:
+        raise click.UsageError("give a delivery id, or --dead to replay dead deliveries")
+    settings = settings_from(db=db)
+    if not Path(settings.db).exists():
+        raise click.ClickException(f"there is no database at {settings.db}")
+    since_ts = None
+    if since:
+        try:
+            since_ts = time.time() - _duration(since)
+        except ValueError:
+            raise click.BadParameter("use a duration such as 30m, 2h or 3d", param_hint="--since") from None
+    store = Store(settings.db)
+    try:
+        ids = store.replay(delivery_id=delivery_id, source=source, recipe=recipe, since=since_ts)
+    finally:
+        store.close()
+    if delivery_id is not None and not ids:
+        raise click.ClickException(
+            f"delivery {delivery_id} was not found, or is still pending (only dead or "
+            "delivered deliveries can be replayed)")
+    click.echo(f"{len(ids)} deliveries queued again" + (f": {', '.join(map(str, ids[:20]))}"
+                                                          + (" ..." if len(ids) > 20 else "")
+                                                          if ids else "."))
+
+
+@cli.group()
+def secret() -> None:
+    """Manage the named secrets that recipes use as ${NAME}."""
+
+
+@secret.command(name="set")
+@click.argument("name")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="SQLite database file [env RELAY_DB; default ./relay.db]")
+def secret_set(name: str, db: Path | None) -> None:
+    """Set NAME; the value is asked for (hidden), or read from standard input."""
+    settings = settings_from(db=db)
+    store = secret_store(settings, create=True)
+    try:
+        store.check_name(name)
+        if sys.stdin.isatty():
+            value = click.prompt(f"Value for {name}", hide_input=True, confirmation_prompt=True)
+        else:
+            value = sys.stdin.read().rstrip("\r\n")
+        store.set(name, value)
+    except ConfigError as e:
+        raise click.ClickException(e.message) from None
+    click.echo(f"Secret {name} saved. A running relay uses it within a few seconds "
+               "(touch a recipe to reload now).")
+
+
+@secret.command(name="list")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="SQLite database file [env RELAY_DB; default ./relay.db]")
+def secret_list(db: Path | None) -> None:
+    """List secret names and when they were set (never their values)."""
+    settings = settings_from(db=db)
+    for row in secret_store(settings).names():
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(row["updated_at"])))  # type: ignore[arg-type]
+        click.echo(f"{row['name']}\t{when}")
+
+
+@secret.command(name="delete")
+@click.argument("name")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="SQLite database file [env RELAY_DB; default ./relay.db]")
+def secret_delete(name: str, db: Path | None) -> None:
+    """Delete the secret NAME."""
+    settings = settings_from(db=db)
+    if not secret_store(settings).delete(name):
+        raise click.ClickException(f"there is no secret named {name}")
+    click.echo(f"Secret {name} deleted.")

@@ -1,0 +1,175 @@
+"""The interface every destination implements, and the HTTP rules they share.
+
+A destination is built once per recipe from its ``to:`` entry (secrets already
+resolved) and then asked to ``send`` mapped payloads. It raises ``DeliveryFailed``
+with ``retryable`` set the way the delivery worker needs: connection errors,
+timeouts, 408, 425, 429 and 5xx are worth retrying; any other 4xx is permanent
+and needs a person to fix the recipe. ``preview`` says what would be sent without
+sending it (``relay try``, and later the editor's live preview).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+
+from ..errors import ConfigError, DeliveryFailed
+
+RETRYABLE_STATUS = frozenset({408, 425, 429})
+USER_AGENT = "relay/0.1 (+self-hosted webhook relay)"
+RESPONSE_TEXT_KEPT = 65536
+
+
+class OptionError(ConfigError):
+    """A destination option is wrong; ``key`` lets the recipe loader find its line."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclasses.dataclass(frozen=True)
+class DestinationContext:
+    """What a destination may know about the relay when it is built."""
+
+    data_dir: Path
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveryContext:
+    """One attempt of one delivery."""
+
+    client: httpx.AsyncClient
+    delivery_id: int
+    event_id: int
+    idempotency_key: str
+    attempt: int
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Sent:
+    """What the destination answered when it accepted the delivery."""
+
+    status_code: int | None = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    body: str | None = None
+    note: str | None = None
+
+
+class Destination:
+    """Base of every destination type. Subclasses set ``type`` and ``options``."""
+
+    type: ClassVar[str]
+    options: ClassVar[frozenset[str]] = frozenset()
+    required: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: Mapping[str, Any], context: DestinationContext) -> None:
+        unknown = set(config) - set(self.options) - {"type", "name"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise OptionError(
+                f"unknown option {key!r} for a {self.type} destination; "
+                f"allowed: {', '.join(sorted(self.options | {'name'}))}", key)
+        for key in sorted(self.required):
+            if config.get(key) in (None, ""):
+                raise OptionError(f"a {self.type} destination needs `{key}:`", None)
+        self.config = dict(config)
+        self.context = context
+        self.name = str(config.get("name") or self.type)
+
+    def preview(self, payload: Any) -> dict[str, Any]:
+        """What ``send`` would do with ``payload``, as plain data. Sends nothing."""
+        raise NotImplementedError
+
+    async def send(self, payload: Any, ctx: DeliveryContext) -> Sent:
+        """Deliver ``payload``. :raises DeliveryFailed: retryable or permanent."""
+        raise NotImplementedError
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(int(value)))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def response_text(response: httpx.Response) -> str:
+    try:
+        text = response.text
+    except (UnicodeDecodeError, LookupError):
+        text = response.content.decode("utf-8", "replace")
+    return text[:RESPONSE_TEXT_KEPT]
+
+
+def describe_status(code: int) -> str:
+    if code in (401, 403):
+        return "the destination refused the credentials: check the token or key in the recipe's secret"
+    if code == 404:
+        return "the destination says this URL does not exist: check the recipe's URL"
+    if code == 429:
+        return "the destination is rate limiting; relay will wait and retry"
+    if code >= 500:
+        return "the destination had an error of its own; relay will retry"
+    if code in (408, 425):
+        return "the destination asked relay to try again later"
+    if 300 <= code < 400:
+        return "the destination answered with a redirect; put the final URL in the recipe"
+    return "the destination refused the request: check the recipe's fields against what it expects"
+
+
+async def send_http(
+    ctx: DeliveryContext, method: str, url: str, *, headers: dict[str, str], content: bytes,
+) -> Sent:
+    """Send one request and classify the answer.
+
+    :raises DeliveryFailed: retryable for transport errors, timeouts, 408, 425, 429
+        and 5xx; permanent for other non-2xx answers (with the response kept).
+    """
+    try:
+        response = await ctx.client.request(
+            method, url, headers=headers, content=content, timeout=ctx.timeout,
+            follow_redirects=False,
+        )
+    except httpx.TimeoutException:
+        raise DeliveryFailed(
+            f"no answer within {ctx.timeout:g} s; relay will retry", retryable=True) from None
+    except httpx.TransportError as e:
+        raise DeliveryFailed(
+            f"could not connect to {httpx.URL(url).host}: {type(e).__name__}: {e or 'connection failed'}; "
+            "relay will retry", retryable=True) from None
+    text = response_text(response)
+    kept_headers = dict(response.headers)
+    code = response.status_code
+    if 200 <= code < 300:
+        return Sent(code, kept_headers, text)
+    retryable = code in RETRYABLE_STATUS or code >= 500
+    message = f"HTTP {code}: {describe_status(code)}"
+    if 300 <= code < 400 and response.headers.get("location"):
+        message += f" (it points to {response.headers['location'][:200]})"
+    raise DeliveryFailed(
+        message,
+        retryable=retryable,
+        retry_after=parse_retry_after(response.headers.get("retry-after")) if retryable else None,
+        status_code=code,
+        response_body=text,
+        response_headers=kept_headers,
+    )

@@ -1,0 +1,218 @@
+"""Turning an event into what a destination receives: JMESPath and sandboxed Jinja.
+
+A recipe's field is compiled once, when the recipe loads:
+- a string with ``{{`` or ``{%`` is a Jinja template, run in an immutable
+  ``SandboxedEnvironment`` with ``StrictUndefined`` (a typo is an error, not an
+  empty cell); ``None`` renders as an empty string;
+- any other string is a JMESPath expression (``email``, ``tickets[0].price``,
+  ``'literal'``), with extra functions for ticketing payloads;
+- numbers, booleans and null are literal; mappings and lists are mapped item by item.
+
+Names a field can use: the event's (or, inside ``for_each``, the item's) own keys,
+and ``_event`` (the whole event), ``_item`` and ``_index`` (inside ``for_each``),
+``_meta`` (``source``, ``type``, ``id``, ``received_at``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
+import jmespath
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jmespath import functions as jp_functions
+
+from .errors import MappingError
+
+
+class RelayFunctions(jp_functions.Functions):
+    """JMESPath functions beyond the standard ones."""
+
+    @jp_functions.signature({"types": ["array", "null"]}, {"types": ["string"]})
+    def _func_field(self, items: list[Any] | None, key: str) -> Any:
+        """``field(data, 'email')``: the value of the ``{key, value}`` entry named ``key``.
+
+        Webconnex registrants carry their answers as ``[{key, value}, ...]``; entries
+        without ``value`` (a name has ``first{value}`` and ``last{value}``) are
+        returned whole, so ``field(data, 'name').first.value`` works.
+        """
+        for entry in items or []:
+            if isinstance(entry, dict) and entry.get("key") == key:
+                return entry["value"] if "value" in entry else entry
+        return None
+
+    @jp_functions.signature({"types": ["string", "null"]})
+    def _func_lower(self, s: str | None) -> str | None:
+        return s.lower() if s is not None else None
+
+    @jp_functions.signature({"types": ["string", "null"]})
+    def _func_upper(self, s: str | None) -> str | None:
+        return s.upper() if s is not None else None
+
+    @jp_functions.signature({"types": ["string", "null"]})
+    def _func_trim(self, s: str | None) -> str | None:
+        return s.strip() if s is not None else None
+
+    @jp_functions.signature({"types": ["string", "null"]}, {"types": ["string"]})
+    def _func_split(self, s: str | None, sep: str) -> list[str]:
+        if not s:
+            return []
+        return s.split(sep) if sep else list(s)
+
+    @jp_functions.signature({"types": ["string", "null"]}, {"types": ["string"]}, {"types": ["string"]})
+    def _func_replace(self, s: str | None, old: str, new: str) -> str | None:
+        if s is None:
+            return None
+        return s.replace(old, new) if old else s
+
+    @jp_functions.signature({"types": []})
+    def _func_to_json(self, value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+JMESPATH_OPTIONS = jmespath.Options(custom_functions=RelayFunctions())
+
+
+def _finalize(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _field_filter(items: Any, key: str) -> Any:
+    return RelayFunctions()._func_field(items if isinstance(items, list) else None, key)
+
+
+def make_jinja() -> ImmutableSandboxedEnvironment:
+    env = ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        finalize=_finalize,
+        keep_trailing_newline=False,
+    )
+    env.filters["field"] = _field_filter
+    env.filters["tojson"] = lambda v: json.dumps(v, ensure_ascii=False)
+    return env
+
+
+JINJA = make_jinja()
+
+
+def is_template(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+class Expression:
+    """A compiled JMESPath expression."""
+
+    kind = "jmespath"
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        try:
+            self.parsed = jmespath.compile(source)
+        except jmespath.exceptions.JMESPathError as e:
+            raise MappingError(f"{source!r} is not a valid JMESPath expression: {_jp_message(e)}") from None
+
+    def evaluate(self, root: Any) -> Any:
+        try:
+            return self.parsed.search(root, options=JMESPATH_OPTIONS)
+        except jmespath.exceptions.JMESPathError as e:
+            raise MappingError(f"{self.source!r} failed: {_jp_message(e)}") from None
+
+
+class Template:
+    """A compiled Jinja template, run sandboxed."""
+
+    kind = "jinja"
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        try:
+            self.template = JINJA.from_string(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise MappingError(f"template error: {e.message} (line {e.lineno} of the template)") from None
+
+    def evaluate(self, root: Any) -> str:
+        context = root if isinstance(root, dict) else {"_item": root}
+        try:
+            return self.template.render(context)
+        except jinja2.UndefinedError as e:
+            raise MappingError(f"the template uses something the event does not have: {e.message}") from None
+        except jinja2.exceptions.SecurityError as e:
+            raise MappingError(f"the template tried something unsafe and was stopped: {e}") from None
+        except (jinja2.TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as e:
+            raise MappingError(f"the template failed: {type(e).__name__}: {e}") from None
+        except RecursionError:
+            raise MappingError("the template recursed too deeply and was stopped") from None
+
+
+def _jp_message(e: Exception) -> str:
+    return str(e).replace("\n", " ").strip()
+
+
+class Literal:
+    kind = "literal"
+
+    def __init__(self, value: Any) -> None:
+        self.source = value
+        self.value = value
+
+    def evaluate(self, root: Any) -> Any:
+        return self.value
+
+
+Compiled = Expression | Template | Literal | dict[str, "Compiled"] | list["Compiled"]
+
+
+def compile_value(value: Any) -> Compiled:
+    """Compile one field's value (see the module doc). :raises MappingError:"""
+    if isinstance(value, str):
+        return Template(value) if is_template(value) else Expression(value)
+    if isinstance(value, Mapping):
+        return {str(k): compile_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [compile_value(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return Literal(value)
+    raise MappingError(f"{value!r} cannot be a field value: use text, a number or true/false")
+
+
+def evaluate(compiled: Compiled, root: Any, path: str = "") -> Any:
+    """Evaluate a compiled value against ``root``.
+
+    :raises MappingError: naming the field (``path``) that failed.
+    """
+    if isinstance(compiled, dict):
+        return {k: evaluate(v, root, f"{path}.{k}" if path else k) for k, v in compiled.items()}
+    if isinstance(compiled, list):
+        return [evaluate(v, root, f"{path}[{i}]") for i, v in enumerate(compiled)]
+    try:
+        return compiled.evaluate(root)
+    except MappingError as e:
+        if path:
+            raise MappingError(f"field {path}: {e.message}") from None
+        raise
+
+
+def event_root(payload: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The names a recipe sees for a whole event."""
+    base = dict(payload) if isinstance(payload, dict) else {}
+    base.update({"_event": payload, "_meta": dict(meta)})
+    return base
+
+
+def item_root(payload: Any, meta: Mapping[str, Any], item: Any, index: int) -> dict[str, Any]:
+    """The names a recipe sees inside ``for_each``: the item's keys plus the event."""
+    base = dict(item) if isinstance(item, dict) else {}
+    base.update({"_item": item, "_index": index, "_event": payload, "_meta": dict(meta)})
+    return base
+
+
+def truthy(value: Any) -> bool:
+    """JMESPath's idea of true: not null, false, empty string, list or object."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, (str, list, dict)):
+        return len(value) > 0
+    return True

@@ -1,0 +1,155 @@
+"""Routing: a stored event, run through its source's recipes, becomes queued deliveries.
+
+Routing runs after the event is committed and answered, in the background, so a
+slow or broken recipe never delays a platform's webhook. Each stored event is
+routed exactly once: its recipe outcomes, its deliveries and its ``routed_at``
+mark commit together, so a crash in between routes it again from scratch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .errors import MappingError
+from .mapping import evaluate, event_root, item_root, truthy
+from .recipes import Recipe, Recipes
+from .store import Store, Writer
+
+log = logging.getLogger("relay.routing")
+
+MAX_ITEMS = 1000  # for_each beyond this is surely a mistake, not a ticket order
+
+
+@dataclasses.dataclass
+class Routed:
+    routes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    deliveries: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def meta_of(event: dict[str, Any]) -> dict[str, Any]:
+    return {"source": event["source"], "type": event["type"], "id": event["id"],
+            "received_at": event["received_at"]}
+
+
+def run_recipe(recipe: Recipe, payload: Any, meta: dict[str, Any]) -> list[tuple[int | None, Any]]:
+    """The payloads this recipe produces for one event: ``[(item_index, fields), ...]``.
+
+    An empty list means the recipe filtered the event out.
+
+    :raises MappingError: naming the part of the recipe that failed.
+    """
+    root = event_root(payload, meta)
+    if recipe.when is not None:
+        try:
+            passed = truthy(recipe.when.evaluate(root))
+        except MappingError as e:
+            raise MappingError(f"when: {e.message}") from None
+        if not passed:
+            return []
+    assert recipe.fields is not None
+    if recipe.for_each is None:
+        return [(None, evaluate(recipe.fields, root))]
+    try:
+        items = recipe.for_each.evaluate(root)
+    except MappingError as e:
+        raise MappingError(f"for_each: {e.message}") from None
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        raise MappingError(
+            f"for_each: {recipe.for_each.source!r} gave {type(items).__name__}, not a list")
+    if len(items) > MAX_ITEMS:
+        raise MappingError(f"for_each: {len(items)} items is more than the {MAX_ITEMS} allowed")
+    return [(i, evaluate(recipe.fields, item_root(payload, meta, item, i)))
+            for i, item in enumerate(items)]
+
+
+def route_event(recipes: Recipes, event: dict[str, Any]) -> Routed:
+    """Apply every recipe of the event's source. Pure: touches no database."""
+    routed = Routed()
+    try:
+        payload = json.loads(bytes(event["body"]))
+    except (ValueError, UnicodeDecodeError):  # ingest refuses these; an old row may not be
+        payload = None
+    meta = meta_of(event)
+    for recipe in recipes.for_source(event["source"]):
+        if not recipe.wants(event["type"], bool(event["is_test"])):
+            continue
+        if recipe.error is not None:
+            routed.routes.append({"recipe": recipe.name, "outcome": "error",
+                                  "message": "the recipe is disabled by an error: "
+                                             + recipe.error.located()})
+            continue
+        if not recipe.enabled:
+            routed.routes.append({"recipe": recipe.name, "outcome": "filtered",
+                                  "message": "the recipe is turned off (enabled: false)"})
+            continue
+        try:
+            outputs = run_recipe(recipe, payload, meta)
+        except MappingError as e:
+            routed.routes.append({"recipe": recipe.name, "outcome": "error", "message": e.message})
+            continue
+        except RecursionError:
+            routed.routes.append({"recipe": recipe.name, "outcome": "error",
+                                  "message": "the recipe nested too deeply and was stopped"})
+            continue
+        if not outputs:
+            why = (f"when: {recipe.when.source!r} was false" if recipe.when is not None
+                   and (recipe.for_each is None) else "nothing to send (filtered out)")
+            routed.routes.append({"recipe": recipe.name, "outcome": "filtered", "message": why})
+            continue
+        count = 0
+        for item_index, fields in outputs:
+            for index, destination in enumerate(recipe.to):
+                routed.deliveries.append({
+                    "recipe": recipe.name, "destination": index, "dest_type": destination.type,
+                    "item_index": item_index, "payload": fields,
+                })
+                count += 1
+        routed.routes.append({"recipe": recipe.name, "outcome": "queued",
+                              "message": None, "deliveries": count})
+    return routed
+
+
+class Router:
+    """Routes stored events in the background, oldest first."""
+
+    BATCH = 100
+
+    def __init__(self, writer: Writer, recipes: Callable[[], Recipes],
+                 on_queued: Callable[[], None]) -> None:
+        self.writer = writer
+        self.recipes = recipes
+        self.on_queued = on_queued
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            routed_any = await self.route_pending()
+            if not routed_any:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                except TimeoutError:
+                    pass
+
+    async def route_pending(self) -> bool:
+        """Route one batch of unrouted events. Returns whether there were any."""
+        events = await self.writer.run(lambda s: s.unrouted_events(self.BATCH))
+        if not events:
+            return False
+        recipes = self.recipes()
+        routed = await asyncio.to_thread(lambda: [route_event(recipes, e) for e in events])
+
+        def save(store: Store) -> int:
+            return sum(store.record_routing(e["id"], r.routes, r.deliveries)
+                       for e, r in zip(events, routed))
+
+        if await self.writer.run(save):
+            self.on_queued()
+        return True

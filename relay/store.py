@@ -1,0 +1,480 @@
+"""SQLite: the schema, its named migrations, and every query relay makes.
+
+One file holds everything: events (what arrived), rejections (what was refused and
+why), routes (what each recipe decided about an event), deliveries (the durable
+queue) and their attempts, and secrets. WAL mode with ``synchronous=FULL``: a
+commit is on disk before relay answers 2xx.
+
+``Store`` is synchronous and owns one connection. In the server, a ``Writer``
+thread owns the only writing ``Store`` and runs jobs in group commits: jobs that
+arrive together share one transaction (one fsync), each in its own savepoint so one
+failing job does not undo the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from .errors import StorageUnavailable
+
+T = TypeVar("T")
+
+migrations = Migrations("relay")
+
+REJECTIONS_KEPT = 10_000  # the rejection log is bounded: oldest rows go first
+BODY_PREFIX = 4096  # bytes of a rejected body kept to show what it was
+RESPONSE_KEPT = 65536  # characters of a destination's answer kept per attempt
+
+
+@migrations(name="001_initial")
+def _initial(db: Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,
+            platform TEXT NOT NULL,
+            type TEXT NOT NULL,
+            dedup_key TEXT NOT NULL,
+            status TEXT NOT NULL,          -- accepted, duplicate, ignored
+            is_test INTEGER NOT NULL DEFAULT 0,
+            duplicate_of INTEGER REFERENCES events(id),
+            received_at REAL NOT NULL,
+            headers TEXT NOT NULL,         -- JSON, secrets redacted
+            body BLOB NOT NULL,
+            routed_at REAL
+        );
+        CREATE UNIQUE INDEX events_dedup ON events(source, dedup_key)
+            WHERE status != 'duplicate';
+        CREATE INDEX events_unrouted ON events(id) WHERE routed_at IS NULL;
+        CREATE INDEX events_received ON events(received_at);
+
+        CREATE TABLE rejections (
+            id INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            status_code INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            headers TEXT NOT NULL,
+            body_prefix BLOB NOT NULL,
+            body_size INTEGER NOT NULL,
+            client TEXT
+        );
+        CREATE INDEX rejections_source ON rejections(source, id);
+
+        CREATE TABLE routes (
+            id INTEGER PRIMARY KEY,
+            event_id INTEGER NOT NULL REFERENCES events(id),
+            recipe TEXT NOT NULL,
+            outcome TEXT NOT NULL,         -- queued, filtered, error
+            message TEXT,
+            deliveries INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL
+        );
+        CREATE INDEX routes_event ON routes(event_id);
+
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            event_id INTEGER NOT NULL REFERENCES events(id),
+            recipe TEXT NOT NULL,
+            destination INTEGER NOT NULL,  -- index in the recipe's `to` list
+            dest_type TEXT NOT NULL,
+            item_index INTEGER,            -- position in for_each, if any
+            payload TEXT NOT NULL,         -- the mapped fields, JSON
+            status TEXT NOT NULL,          -- pending, sending, delivered, dead
+            attempts INTEGER NOT NULL DEFAULT 0,
+            queued_at REAL NOT NULL,
+            next_attempt_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            delivered_at REAL,
+            last_error TEXT,
+            last_status_code INTEGER,
+            idempotency_key TEXT NOT NULL
+        );
+        CREATE INDEX deliveries_due ON deliveries(status, next_attempt_at);
+        CREATE INDEX deliveries_event ON deliveries(event_id);
+
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY,
+            delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+            number INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            duration REAL NOT NULL,
+            outcome TEXT NOT NULL,         -- delivered, retry, dead
+            status_code INTEGER,
+            error TEXT,
+            response_headers TEXT,
+            response_body TEXT
+        );
+        CREATE INDEX attempts_delivery ON attempts(delivery_id);
+
+        CREATE TABLE secrets (
+            name TEXT PRIMARY KEY,
+            value BLOB NOT NULL,           -- encrypted
+            updated_at REAL NOT NULL
+        );
+        """
+    )
+
+
+def connect(path: Path | str) -> Database:
+    """Open (creating if needed) the database and bring its schema up to date."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+    db = Database(conn)
+    db.execute("PRAGMA busy_timeout = 30000")
+    db.enable_wal()
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA foreign_keys = ON")
+    migrations.apply(db)
+    return db
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Store:
+    """Every query relay makes, on one connection. Not thread-safe: one user at a time."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.db = connect(self.path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def writable(self) -> bool:
+        try:
+            with self.db.atomic():
+                self.db.execute("CREATE TEMP TABLE IF NOT EXISTS _healthz(x)")
+                self.db.execute("INSERT INTO _healthz VALUES (1)")
+                self.db.execute("DELETE FROM _healthz")
+            return True
+        except sqlite3.Error:
+            return False
+
+    def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        return list(self.db.query(sql, params))
+
+    def one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
+        found = self.rows(sql, params)
+        return found[0] if found else None
+
+    # --- events -----------------------------------------------------------------
+
+    def insert_event(
+        self, *, source: str, platform: str, type: str, dedup_key: str, is_test: bool,
+        headers: dict[str, str], body: bytes, matched: bool, now: float | None = None,
+    ) -> tuple[str, int]:
+        """Store an event; returns ``(status, id)``.
+
+        ``status`` is ``duplicate`` (and ``id`` the original's) when the source
+        already has an event with this dedup key; the redelivery is still recorded,
+        but never routed. Otherwise ``accepted``, or ``ignored`` when no recipe of
+        the source wants this event type (``matched`` is False).
+        """
+        now = time.time() if now is None else now
+        with self.db.atomic():
+            original = self.one(
+                "SELECT id FROM events WHERE source = ? AND dedup_key = ? AND status != 'duplicate'",
+                [source, dedup_key],
+            )
+            status = "duplicate" if original else ("accepted" if matched else "ignored")
+            cursor = self.db.execute(
+                "INSERT INTO events (source, platform, type, dedup_key, status, is_test, "
+                "duplicate_of, received_at, headers, body, routed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [source, platform, type, dedup_key, status, int(is_test),
+                 original["id"] if original else None, now, _json(headers), body,
+                 now if original else None],
+            )
+            new_id = int(cursor.lastrowid or 0)
+        return status, (int(original["id"]) if original else new_id)
+
+    def unrouted_events(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self.rows(
+            "SELECT * FROM events WHERE routed_at IS NULL ORDER BY id LIMIT ?", [limit]
+        )
+
+    def record_routing(
+        self, event_id: int, routes: Iterable[dict[str, Any]],
+        deliveries: Iterable[dict[str, Any]], now: float | None = None,
+    ) -> int:
+        """Store a routed event's recipe outcomes and queue its deliveries, atomically.
+
+        Returns how many deliveries were queued.
+        """
+        now = time.time() if now is None else now
+        count = 0
+        with self.db.atomic():
+            for route in routes:
+                self.db.execute(
+                    "INSERT INTO routes (event_id, recipe, outcome, message, deliveries, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [event_id, route["recipe"], route["outcome"], route.get("message"),
+                     route.get("deliveries", 0), now],
+                )
+            for d in deliveries:
+                self.db.execute(
+                    "INSERT INTO deliveries (event_id, recipe, destination, dest_type, item_index,"
+                    " payload, status, queued_at, next_attempt_at, updated_at, idempotency_key)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                    [event_id, d["recipe"], d["destination"], d["dest_type"], d.get("item_index"),
+                     _json(d["payload"]), now, now, now, uuid.uuid4().hex],
+                )
+                count += 1
+            self.db.execute("UPDATE events SET routed_at = ? WHERE id = ?", [now, event_id])
+        return count
+
+    def log_rejection(
+        self, *, source: str, status_code: int, reason: str, headers: dict[str, str],
+        body: bytes, body_size: int, client: str | None, now: float | None = None,
+    ) -> None:
+        now = time.time() if now is None else now
+        with self.db.atomic():
+            cursor = self.db.execute(
+                "INSERT INTO rejections (source, received_at, status_code, reason, headers,"
+                " body_prefix, body_size, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [source[:200], now, status_code, reason, _json(headers), body[:BODY_PREFIX],
+                 body_size, client],
+            )
+            newest = int(cursor.lastrowid or 0)
+            if newest % 100 == 0:  # prune now and then, not on every insert
+                self.db.execute("DELETE FROM rejections WHERE id <= ?", [newest - REJECTIONS_KEPT])
+
+    # --- deliveries -------------------------------------------------------------
+
+    def requeue_interrupted(self) -> int:
+        """Deliveries left 'sending' by a crash go back to the queue (at-least-once)."""
+        cursor = self.db.execute(
+            "UPDATE deliveries SET status = 'pending', updated_at = ? WHERE status = 'sending'",
+            [time.time()],
+        )
+        return cursor.rowcount
+
+    def claim_due(self, limit: int, now: float | None = None) -> list[dict[str, Any]]:
+        """Mark up to ``limit`` due deliveries 'sending' and return them, oldest first."""
+        now = time.time() if now is None else now
+        with self.db.atomic():
+            rows = self.rows(
+                "SELECT d.*, e.source, e.type AS event_type FROM deliveries d"
+                " JOIN events e ON e.id = d.event_id"
+                " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
+                " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+                [now, limit],
+            )
+            if rows:
+                ids = [r["id"] for r in rows]
+                marks = ",".join("?" * len(ids))
+                self.db.execute(
+                    f"UPDATE deliveries SET status = 'sending', updated_at = ? WHERE id IN ({marks})",
+                    [now, *ids],
+                )
+        return rows
+
+    def next_due_at(self) -> float | None:
+        row = self.one("SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE status = 'pending'")
+        return row["t"] if row and row["t"] is not None else None
+
+    def record_attempt(
+        self, delivery_id: int, *, number: int, started_at: float, duration: float,
+        outcome: str, status_code: int | None, error: str | None,
+        response_headers: dict[str, str] | None, response_body: str | None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Record one attempt and move the delivery to its next state.
+
+        ``outcome`` is ``delivered``, ``retry`` (then ``next_attempt_at`` is set) or ``dead``.
+        """
+        now = time.time()
+        status = {"delivered": "delivered", "retry": "pending", "dead": "dead"}[outcome]
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT INTO attempts (delivery_id, number, started_at, duration, outcome,"
+                " status_code, error, response_headers, response_body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [delivery_id, number, started_at, duration, outcome, status_code, error,
+                 _json(response_headers) if response_headers is not None else None,
+                 response_body[:RESPONSE_KEPT] if response_body is not None else None],
+            )
+            self.db.execute(
+                "UPDATE deliveries SET status = ?, attempts = ?, updated_at = ?,"
+                " next_attempt_at = COALESCE(?, next_attempt_at),"
+                " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
+                " last_error = ?, last_status_code = ? WHERE id = ?",
+                [status, number, now, next_attempt_at, outcome, now, error, status_code,
+                 delivery_id],
+            )
+
+    def replay(
+        self, *, delivery_id: int | None = None, source: str | None = None,
+        recipe: str | None = None, since: float | None = None, now: float | None = None,
+    ) -> list[int]:
+        """Put dead deliveries back in the queue, as if just queued. Returns their ids.
+
+        With ``delivery_id``, that one delivery (dead or delivered: a person may
+        want it sent again). Otherwise every dead delivery matching the filters.
+        """
+        now = time.time() if now is None else now
+        where = ["1 = 1"]
+        params: list[Any] = []
+        if delivery_id is not None:
+            where.append("d.id = ?")
+            params.append(delivery_id)
+            where.append("d.status IN ('dead', 'delivered')")
+        else:
+            where.append("d.status = 'dead'")
+        if source is not None:
+            where.append("e.source = ?")
+            params.append(source)
+        if recipe is not None:
+            where.append("d.recipe = ?")
+            params.append(recipe)
+        if since is not None:
+            where.append("d.queued_at >= ?")
+            params.append(since)
+        with self.db.atomic():
+            ids = [r["id"] for r in self.rows(
+                "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id WHERE "
+                + " AND ".join(where) + " ORDER BY d.id", params)]
+            for chunk_start in range(0, len(ids), 500):
+                chunk = ids[chunk_start:chunk_start + 500]
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(
+                    "UPDATE deliveries SET status = 'pending', queued_at = ?, next_attempt_at = ?,"
+                    f" updated_at = ? WHERE id IN ({marks})",
+                    [now, now, now, *chunk],
+                )
+        return ids
+
+    # --- secrets ----------------------------------------------------------------
+
+    def put_secret(self, name: str, value: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO secrets (name, value, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            [name, value, time.time()],
+        )
+
+    def get_secret(self, name: str) -> bytes | None:
+        row = self.one("SELECT value FROM secrets WHERE name = ?", [name])
+        return bytes(row["value"]) if row else None
+
+    def secret_names(self) -> list[dict[str, Any]]:
+        return self.rows("SELECT name, updated_at FROM secrets ORDER BY name")
+
+    def delete_secret(self, name: str) -> bool:
+        return self.db.execute("DELETE FROM secrets WHERE name = ?", [name]).rowcount > 0
+
+
+class _Job:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: Callable[[Store], Any], future: asyncio.Future[Any],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.fn = fn
+        self.future = future
+        self.loop = loop
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller went away (client disconnected): nothing to tell
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class Writer:
+    """The one thread that writes to SQLite, with group commit.
+
+    ``await writer.run(fn)`` runs ``fn(store)`` on the writer thread and returns
+    its result once the transaction holding it has committed. Jobs queued while a
+    commit is in progress share the next transaction.
+    """
+
+    MAX_BATCH = 256
+
+    def __init__(self, path: Path | str) -> None:
+        self.store = Store(path)
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="relay-writer", daemon=True)
+        self._thread.start()
+
+    async def run(self, fn: Callable[[Store], T]) -> T:
+        """:raises StorageUnavailable: when the transaction cannot commit."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(fn, future, loop))
+        return await future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        self.store.close()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            batch = [job]
+            stop = False
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        db = self.store.db
+        results: list[tuple[Any, BaseException | None]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            failure = StorageUnavailable(f"the database cannot be written: {e}")
+            for job in batch:
+                job.loop.call_soon_threadsafe(_settle, job.future, None, failure)
+            return
+        for job in batch:
+            try:
+                with db.atomic():  # a savepoint: a failing job undoes only itself
+                    results.append((job.fn(self.store), None))
+            except Exception as e:  # the job's own error goes back to its caller
+                results.append((None, e))
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            failure = StorageUnavailable(f"the database cannot be written: {e}")
+            results = [(None, failure)] * len(batch)
+        for job, (result, error) in zip(batch, results):
+            if isinstance(error, sqlite3.Error):
+                error = StorageUnavailable(f"the database cannot be written: {error}")
+            job.loop.call_soon_threadsafe(_settle, job.future, result, error)

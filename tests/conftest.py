@@ -1,0 +1,301 @@
+"""Shared fixtures: a real HTTP sink, and relay itself served over loopback.
+
+Nothing here mocks relay's own code. ``Sink`` is a small threaded HTTP server that
+records what it receives and answers what a test tells it to; ``RelayServer``
+runs the real app under uvicorn in a thread, on a free port, against real SQLite
+files in ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from relay.app import create_app
+from relay.settings import Settings
+from relay.sources import PLATFORMS
+
+SAMPLES = Path(__file__).parent / "samples"
+ROOT = Path(__file__).parent.parent
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+# --- the sink ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclasses.dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b'{"ok":true}'
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    delay: float = 0.0
+
+
+class Sink:
+    """A real HTTP server on 127.0.0.1 that records requests.
+
+    ``replies`` is consumed one per request; when empty, ``default`` answers.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.replies: list[Reply] = []
+        self.default = Reply()
+        self.lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with sink.lock:
+                    reply = sink.replies.pop(0) if sink.replies else sink.default
+                if reply.delay:
+                    time.sleep(reply.delay)
+                with sink.lock:
+                    sink.received.append(Received(
+                        self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
+                        body, time.time()))
+                self.send_response(reply.status)
+                for k, v in reply.headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def bodies(self) -> list[Any]:
+        with self.lock:
+            return [r.json() for r in self.received]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    s = Sink()
+    yield s
+    s.close()
+
+
+# --- relay ----------------------------------------------------------------------
+
+
+SECRETS = {
+    "tikkl": "tikkl-secret-1",
+    "tito": "tito-token-1",
+    "quicket": "quicket-url-token-0123456789",
+    "openticket": "5aK2HMgcUlDCWLuC3KWa",
+    "webconnex": "webconnex-signing-secret",
+    "standard_webhooks": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    "hmac": "generic-secret",
+}
+
+
+def write_sources(folder: Path, extra: str = "") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sources.yaml").write_text(f"""\
+tikkl:
+  platform: tikkl
+  secrets: ["{SECRETS['tikkl']}"]
+tito:
+  platform: tito
+  secrets: ["another-event-token", "{SECRETS['tito']}"]
+quicket:
+  platform: quicket
+  token: {SECRETS['quicket']}
+openticket:
+  platform: openticket
+  nonce: {SECRETS['openticket']}
+webconnex:
+  platform: webconnex
+  secrets: ["{SECRETS['webconnex']}"]
+svix:
+  platform: standard_webhooks
+  secrets: ["{SECRETS['standard_webhooks']}"]
+custom:
+  platform: hmac
+  secrets: ["{SECRETS['hmac']}"]
+  header: X-Custom-Signature
+  prefix: "sha256="
+  type_path: kind
+  dedup_path: id
+{extra}""")
+
+
+def sign(source: str, platform: str, body: bytes, *, secret: str | None = None,
+         now: float | None = None, msg_id: str = "msg_1", config: dict[str, Any] | None = None,
+         ) -> tuple[str, dict[str, str]]:
+    """(path, headers) for posting ``body`` to ``source`` signed the platform's way."""
+    secret = secret or SECRETS[platform]
+    cfg = config or ({"header": "X-Custom-Signature", "prefix": "sha256="} if platform == "hmac" else {})
+    signer = PLATFORMS[platform]([secret], cfg)
+    signed = signer.sign(body, secret=secret, now=time.time() if now is None else now, msg_id=msg_id)
+    path = f"/hooks/{source}" + (f"/{signed.token}" if signed.token else "")
+    return path, {"Content-Type": "application/json", **signed.headers}
+
+
+class RelayServer:
+    """The real relay app under uvicorn, in a thread, on a free loopback port."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.server.started, timeout=30)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def post(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        return self.client.post(path, content=body, headers=headers)
+
+    def send(self, source: str, platform: str, body: bytes, **kw: Any) -> httpx.Response:
+        path, headers = sign(source, platform, body, **kw)
+        return self.post(path, body, headers)
+
+    def db(self) -> Any:
+        from relay.store import Store
+        return Store(self.settings.db)
+
+    def rows(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        store = self.db()
+        try:
+            return store.rows(sql, params)
+        finally:
+            store.close()
+
+    def stop(self) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def make_relay(tmp_path: Path) -> Iterator[Callable[..., RelayServer]]:
+    started: list[RelayServer] = []
+
+    def make(**overrides: Any) -> RelayServer:
+        values: dict[str, Any] = dict(
+            recipes=tmp_path / "recipes", db=tmp_path / "relay.db", data=tmp_path / "data",
+            retry_base=0.2, retry_max_delay=2.0, delivery_timeout=5.0,
+        )
+        values.update(overrides)
+        server = RelayServer(Settings.from_env(environ={}, **values))
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+def write_recipe(folder: Path, name: str, text: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+# --- relay as a real process ------------------------------------------------------
+
+
+class RelayProcess:
+    """``relay serve`` as a separate OS process (for kill -9 tests)."""
+
+    def __init__(self, tmp: Path, port: int, env: dict[str, str]) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(tmp / f"relay-{port}-{time.time_ns()}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve", "--port", str(port)],
+            cwd=tmp, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_until(self.healthy, timeout=60, interval=0.1)
+
+    def healthy(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"relay exited with {self.proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+        return False
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+    def terminate(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.log.close()
