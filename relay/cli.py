@@ -20,7 +20,7 @@ from click_default_group import DefaultGroup
 from .destinations import DestinationContext
 from .errors import ConfigError, MappingError, RelayError
 from .recipes import check_messages, load_recipe, load_recipes, redact
-from .routing import run_recipe
+from .routing import Filtered, run_recipe
 from .secrets import SecretStore
 from .settings import Settings, _duration
 from .sources import Request, load_sources
@@ -134,6 +134,11 @@ def try_(recipe: Path, payload: Path, event_type: str | None, db: Path | None) -
     except ValueError as e:
         raise click.ClickException(f"{payload} is not valid JSON: {e}") from None
     source = sources.get(loaded.source or "")
+    if source is not None and source.platform is None:
+        # Reading the event type needs no secret: a dry run works before the
+        # source's secret is set (a stand-in value only lets the platform be built).
+        stand_in = load_sources(folder, lambda name: secrets.lookup(name) or "unset-for-try")
+        source = stand_in.get(source.name, source)
     is_test = False
     if event_type is None and source is not None and source.platform is not None:
         described = source.platform.describe(Request({}, body), event)
@@ -151,11 +156,11 @@ def try_(recipe: Path, payload: Path, event_type: str | None, db: Path | None) -
     meta = {"source": loaded.source, "type": event_type, "id": 0, "received_at": time.time()}
     try:
         outputs = run_recipe(loaded, event, meta)
+    except Filtered as e:
+        click.echo(f"Nothing would be sent: {e}.")
+        return
     except MappingError as e:
         raise click.ClickException(f"{recipe}: {e.message}") from None
-    if not outputs:
-        click.echo("Nothing would be sent: the recipe's `when` (or `for_each`) filtered it out.")
-        return
     for item_index, fields in outputs:
         label = f" (item {item_index})" if item_index is not None else ""
         for number, destination in enumerate(loaded.to, 1):

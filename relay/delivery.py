@@ -14,6 +14,7 @@ person replays it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -27,7 +28,7 @@ from .destinations import DeliveryContext, Destination
 from .errors import DeliveryFailed
 from .recipes import Recipes
 from .settings import Settings
-from .store import Writer
+from .store import Store, Writer
 
 log = logging.getLogger("relay.delivery")
 
@@ -85,7 +86,7 @@ class Deliverer:
             free = self.settings.concurrency - len(self.in_flight)
             claimed: list[dict[str, Any]] = []
             if free > 0:
-                claimed = await self.writer.run(lambda s: s.claim_due(free))
+                claimed = await self.writer.run(functools.partial(Store.claim_due, limit=free))
                 for delivery in claimed:
                     task = asyncio.create_task(self.attempt(delivery))
                     self.in_flight.add(task)

@@ -36,10 +36,14 @@ def meta_of(event: dict[str, Any]) -> dict[str, Any]:
             "received_at": event["received_at"]}
 
 
+class Filtered(Exception):
+    """The recipe decided not to send anything for this event; the message says why."""
+
+
 def run_recipe(recipe: Recipe, payload: Any, meta: dict[str, Any]) -> list[tuple[int | None, Any]]:
     """The payloads this recipe produces for one event: ``[(item_index, fields), ...]``.
 
-    An empty list means the recipe filtered the event out.
+    :raises Filtered: when ``when`` is false or ``for_each`` gives no items.
 
     :raises MappingError: naming the part of the recipe that failed.
     """
@@ -50,7 +54,7 @@ def run_recipe(recipe: Recipe, payload: Any, meta: dict[str, Any]) -> list[tuple
         except MappingError as e:
             raise MappingError(f"when: {e.message}") from None
         if not passed:
-            return []
+            raise Filtered(f"when: {recipe.when.source!r} was false for this event")
     assert recipe.fields is not None
     if recipe.for_each is None:
         return [(None, evaluate(recipe.fields, root))]
@@ -63,6 +67,8 @@ def run_recipe(recipe: Recipe, payload: Any, meta: dict[str, Any]) -> list[tuple
     if not isinstance(items, list):
         raise MappingError(
             f"for_each: {recipe.for_each.source!r} gave {type(items).__name__}, not a list")
+    if not items:
+        raise Filtered(f"for_each: {recipe.for_each.source!r} gave no items")
     if len(items) > MAX_ITEMS:
         raise MappingError(f"for_each: {len(items)} items is more than the {MAX_ITEMS} allowed")
     return [(i, evaluate(recipe.fields, item_root(payload, meta, item, i)))
@@ -91,17 +97,15 @@ def route_event(recipes: Recipes, event: dict[str, Any]) -> Routed:
             continue
         try:
             outputs = run_recipe(recipe, payload, meta)
+        except Filtered as e:
+            routed.routes.append({"recipe": recipe.name, "outcome": "filtered", "message": str(e)})
+            continue
         except MappingError as e:
             routed.routes.append({"recipe": recipe.name, "outcome": "error", "message": e.message})
             continue
         except RecursionError:
             routed.routes.append({"recipe": recipe.name, "outcome": "error",
                                   "message": "the recipe nested too deeply and was stopped"})
-            continue
-        if not outputs:
-            why = (f"when: {recipe.when.source!r} was false" if recipe.when is not None
-                   and (recipe.for_each is None) else "nothing to send (filtered out)")
-            routed.routes.append({"recipe": recipe.name, "outcome": "filtered", "message": why})
             continue
         count = 0
         for item_index, fields in outputs:
@@ -148,7 +152,7 @@ class Router:
 
         def save(store: Store) -> int:
             return sum(store.record_routing(e["id"], r.routes, r.deliveries)
-                       for e, r in zip(events, routed))
+                       for e, r in zip(events, routed, strict=True))
 
         if await self.writer.run(save):
             self.on_queued()

@@ -474,7 +474,7 @@ class Writer:
                 pass
             failure = StorageUnavailable(f"the database cannot be written: {e}")
             results = [(None, failure)] * len(batch)
-        for job, (result, error) in zip(batch, results):
+        for job, (result, error) in zip(batch, results, strict=True):
             if isinstance(error, sqlite3.Error):
                 error = StorageUnavailable(f"the database cannot be written: {error}")
             job.loop.call_soon_threadsafe(_settle, job.future, result, error)

@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import SECRETS, RelayServer, Sink, sample, sign, wait_until, write_recipe, write_sources
+from conftest import (
+    SECRETS,
+    RelayServer,
+    Sink,
+    sample,
+    sign,
+    wait_until,
+    write_recipe,
+    write_sources,
+)
 
 
 def recipes_for(folder: Path, sink: Sink) -> None:

@@ -12,7 +12,6 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError, SourceNotConfigured, UnknownSource
 from ..yamlfile import Located, Lookup, load, plain, resolve
@@ -118,10 +117,10 @@ def build_platform(name: str, entry: Located, lookup: Lookup) -> Platform:
             continue
         raw = node[key]
         values = raw if isinstance(raw, list) else [raw]
-        for i, value in enumerate(values):
+        for value in values:
             if not isinstance(value, (str, int)) or str(value) == "":
                 raise entry.error("a secret must be a non-empty string", key)
-            resolved = resolve(str(value), lookup, entry, key if not isinstance(raw, list) else key)
+            resolved = resolve(str(value), lookup, entry, key)
             if not resolved:
                 raise entry.error("this secret resolves to an empty value", key)
             secrets.append(resolved)

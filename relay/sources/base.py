@@ -66,9 +66,9 @@ class Platform:
     #: answer for "could not store, try again": most platforms retry on 5xx
     retry_status: ClassVar[int] = 503
     #: header names whose values are secret and are redacted in the log
-    secret_headers: ClassVar[frozenset[str]] = frozenset()
+    secret_headers: frozenset[str] = frozenset()
     #: True when the secret travels in the URL (/hooks/{source}/{token})
-    token_in_path: ClassVar[bool] = False
+    token_in_path: bool = False
 
     def __init__(self, secrets: Sequence[str], config: Mapping[str, Any] | None = None):
         if not secrets:

@@ -15,7 +15,16 @@ import hmac
 from typing import Any
 
 from ..errors import SignatureMismatch
-from .base import Described, Platform, Request, Signed, body_hash, json_get, natural_key, require_header
+from .base import (
+    Described,
+    Platform,
+    Request,
+    Signed,
+    body_hash,
+    json_get,
+    natural_key,
+    require_header,
+)
 
 HEADER = "OpenTicket-Identifier"
 
