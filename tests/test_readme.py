@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, RelayProcess, free_port, wait_until
 
+from conftest import ROOT, RelayProcess, free_port, wait_until
 from relay.settings import SETTINGS
 
 README = (ROOT / "README.md").read_text()
