@@ -73,7 +73,9 @@ def serve(recipes: Path | None, db: Path | None, host: str | None, port: int | N
     report_problems(settings)
     click.echo(f"relay: webhooks go to http://{settings.host}:{settings.port}/hooks/<source>", err=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level="info", proxy_headers=False, server_header=False,
+                # uvicorn's access log would print Quicket's token (a secret) from the URL;
+                # relay logs each webhook itself, without it.
+                log_level="info", access_log=False, proxy_headers=False, server_header=False,
                 timeout_graceful_shutdown=10)
 
 

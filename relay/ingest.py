@@ -168,4 +168,5 @@ async def receive(request: HttpRequest) -> JSONResponse:
             source.retry_status)
     if status != "duplicate":
         runtime.router.wake.set()
+    log.info("%s webhook %r from %r: event %d", status, described.type, name, event_id)
     return JSONResponse({"status": status, "event": event_id}, status_code=200)

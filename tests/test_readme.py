@@ -94,3 +94,8 @@ def test_quick_start_try_it(tmp_path: Path) -> None:
         assert [r["email"] for r in got] == [t["attendee_email"] for t in tickets]
     finally:
         relay.terminate()
+    # The URL token is a secret: it must not reach relay's output (uvicorn's access
+    # log would print it).
+    output = b"".join(p.read_bytes() for p in tmp_path.glob("relay-*.log"))
+    assert b"accepted webhook" in output
+    assert b"abc123-choose-your-own" not in output
