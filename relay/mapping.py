@@ -113,12 +113,36 @@ class Expression:
             self.parsed = jmespath.compile(source)
         except jmespath.exceptions.JMESPathError as e:
             raise MappingError(f"{source!r} is not a valid JMESPath expression: {_jp_message(e)}") from None
+        except RecursionError:
+            raise MappingError(f"{source[:40]!r}... is nested too deeply") from None
 
     def evaluate(self, root: Any) -> Any:
         try:
-            return self.parsed.search(root, options=JMESPATH_OPTIONS)
+            result = self.parsed.search(root, options=JMESPATH_OPTIONS)
         except jmespath.exceptions.JMESPathError as e:
             raise MappingError(f"{self.source!r} failed: {_jp_message(e)}") from None
+        except TypeError as e:  # to_json(&name): an expression reference is not data
+            raise MappingError(f"{self.source!r} failed: {e}") from None
+        _only_data(self.source, result)
+        return result
+
+
+_DATA = (str, int, float, bool, type(None))
+
+
+def _only_data(source: str, value: Any) -> None:
+    """Refuse a result that is not plain JSON data (``&name`` gives an expression
+    reference, which cannot be sent or stored). Iterative: payloads may be deep."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif not isinstance(item, _DATA):
+            raise MappingError(f"{source!r} gave an expression reference (`&...`), not a value; "
+                               "`&` belongs only inside functions such as sort_by")
 
 
 class Template:
@@ -132,6 +156,8 @@ class Template:
             self.template = JINJA.from_string(source)
         except jinja2.TemplateSyntaxError as e:
             raise MappingError(f"template error: {e.message} (line {e.lineno} of the template)") from None
+        except RecursionError:
+            raise MappingError("template error: the template is nested too deeply") from None
 
     def evaluate(self, root: Any) -> str:
         context = root if isinstance(root, dict) else {"_item": root}
@@ -145,6 +171,8 @@ class Template:
             raise MappingError(f"the template failed: {type(e).__name__}: {e}") from None
         except RecursionError:
             raise MappingError("the template recursed too deeply and was stopped") from None
+        except Exception as e:  # a filter given the wrong kind of value (dictsort on a list, ...)
+            raise MappingError(f"the template failed: {type(e).__name__}: {e}") from None
 
 
 def _jp_message(e: Exception) -> str:

@@ -77,7 +77,13 @@ class Recipes:
     items: list[Recipe]
 
     def for_source(self, source: str) -> list[Recipe]:
-        return [r for r in self.items if r.source == source]
+        """The source's recipes, plus broken ones whose source could not be read.
+
+        A recipe whose YAML does not parse cannot say which source it is for, so it
+        is reported (as an error) with every source rather than with none.
+        """
+        return [r for r in self.items
+                if r.source == source or (r.source is None and r.error is not None)]
 
     def get(self, name: str) -> Recipe | None:
         for recipe in self.items:
@@ -178,6 +184,8 @@ def _build(recipe: Recipe, data: Any, sources: Sources, lookup: _Secrets,
 
     if "fields" not in data:
         raise top.error("`fields:` is missing: say what to send, e.g. `email: email`")
+    if not isinstance(data["fields"], (Mapping, list)):
+        raise top.error("fields must map names to expressions, e.g. `email: email`", "fields")
     recipe.fields = _compile_fields(top.child("fields"), data["fields"], lookup)
 
     to = data.get("to")
@@ -213,10 +221,19 @@ def load_recipe(path: Path, folder: Path, sources: Sources, lookup: Lookup,
     name = path.relative_to(folder).with_suffix("").as_posix()
     recipe = Recipe(name=name, path=str(path))
     secrets = _Secrets(lookup)
+    data: Any = None
     try:
         data = load(path, str(path))
         _build(recipe, data, sources, secrets, context)
     except ConfigError as e:
+        # An error before `source:` was read (an unknown key, say) still belongs
+        # to that source, so its route log shows it.
+        if recipe.source is None and isinstance(data, Mapping) \
+                and isinstance(data.get("source"), str):
+            recipe.source = data["source"]
+        # A resolved secret can end up in a message (a url that is not a URL).
+        e.message = redact(e.message, secrets.used)
+        e.args = (e.message,)
         recipe.error = e
         recipe.to = []
     recipe.secret_values = frozenset(secrets.used)

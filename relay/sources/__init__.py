@@ -120,7 +120,9 @@ def build_platform(name: str, entry: Located, lookup: Lookup) -> Platform:
         for value in values:
             if not isinstance(value, (str, int)) or str(value) == "":
                 raise entry.error("a secret must be a non-empty string", key)
-            resolved = resolve(str(value), lookup, entry, key)
+            # Pasted secrets often carry a stray space or newline, and a header
+            # value arrives stripped: strip here so that they can match.
+            resolved = resolve(str(value), lookup, entry, key).strip()
             if not resolved:
                 raise entry.error("this secret resolves to an empty value", key)
             secrets.append(resolved)
