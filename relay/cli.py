@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -72,11 +73,19 @@ def serve(recipes: Path | None, db: Path | None, host: str | None, port: int | N
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report_problems(settings)
     click.echo(f"relay: webhooks go to http://{settings.host}:{settings.port}/hooks/<source>", err=True)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again, which
+    # would end the process "killed by SIGTERM" (exit -15/143) after a clean stop.
+    # Exit 0 instead: a SIGTERM asks relay to stop, and relay stopped as asked.
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 # uvicorn's access log would print Quicket's token (a secret) from the URL;
                 # relay logs each webhook itself, without it.
                 log_level="info", access_log=False, proxy_headers=False, server_header=False,
                 timeout_graceful_shutdown=10)
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    sys.exit(0)
 
 
 def report_problems(settings: Settings) -> None:
