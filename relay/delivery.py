@@ -40,6 +40,15 @@ def backoff(attempt: int, settings: Settings, rng: random.Random | None = None) 
     return ceiling * rng.uniform(0.5, 1.0)
 
 
+def human_duration(seconds: float) -> str:
+    """``90`` -> ``1.5 min``, ``86400`` -> ``24 h``."""
+    if seconds < 120:
+        return f"{seconds:g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:g} min"
+    return f"{seconds / 3600:g} h"
+
+
 def find_destination(recipes: Recipes, delivery: dict[str, Any]) -> Destination:
     """The destination a delivery goes to, from the recipes as they are now.
 
@@ -165,12 +174,19 @@ class Deliverer:
         if not failure.retryable:
             return "dead", None, error
         now = time.time()
-        wait = failure.retry_after if failure.retry_after is not None else \
-            backoff(number, self.settings, self.rng)
         deadline = float(delivery["queued_at"]) + self.settings.max_age
-        if now + wait > deadline:
-            hours = self.settings.max_age / 3600
-            return "dead", None, f"gave up after {hours:g} h of retries; last error: {error}"
+        if now >= deadline:
+            return "dead", None, (f"gave up after {human_duration(self.settings.max_age)} of "
+                                  f"retries; last error: {error}")
+        if failure.retry_after is not None:
+            # Honour the destination's wait, but try once more at the deadline rather
+            # than give up early because it asked for longer than relay keeps trying.
+            wait = min(failure.retry_after, deadline - now)
+        else:
+            wait = backoff(number, self.settings, self.rng)
+            if now + wait > deadline:
+                return "dead", None, (f"gave up after {human_duration(self.settings.max_age)} of "
+                                      f"retries; last error: {error}")
         return "retry", now + wait, error
 
     async def drain(self, timeout: float) -> None:

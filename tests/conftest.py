@@ -277,7 +277,11 @@ class RelayProcess:
             [sys.executable, "-m", "relay", "serve", "--port", str(port)],
             cwd=tmp, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
-        wait_until(self.healthy, timeout=60, interval=0.1)
+        try:
+            wait_until(self.healthy, timeout=60, interval=0.1)
+        except BaseException:
+            self.kill()  # never leave a stray relay behind a failed start
+            raise
 
     def healthy(self) -> bool:
         if self.proc.poll() is not None:

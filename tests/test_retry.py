@@ -269,3 +269,30 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
         assert max(waits) - min(waits) > 0.25 * ceiling  # jittered, not one value
     # without an rng of its own it still stays within the bounds
     assert all(0.1 <= backoff(1, Settings(retry_base=0.2), None) <= 0.2 for _ in range(50))
+
+
+def test_retry_after_date_without_zone_is_utc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 9110 dates are UTC; '-0000' must not be read as this machine's local time."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        now = time.time()
+        value = email.utils.formatdate(now + 90, usegmt=False)  # "... -0000"
+        assert value.endswith("-0000")
+        wait = parse_retry_after(value, now=now)
+        assert wait is not None and 88 <= wait <= 91
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_retry_after_longer_than_max_age_tries_once_more_at_the_deadline(
+        make_relay: Callable[..., RelayServer], tmp_path: Path, sink: Sink) -> None:
+    sink.replies = [Reply(429, b'{"error":"slow down"}', {"Retry-After": "3600"}), Reply(200)]
+    recipe(tmp_path / "recipes", sink.url + "/crm")
+    relay = make_relay(max_age=2.0)
+    delivery = delivery_of(relay, post(relay))
+    done = settled(relay, delivery["id"], "delivered")
+    assert done["attempts"] == 2
+    first, second = sink.received
+    assert second.at - first.at >= 1.0  # it waited for the deadline, not 3600 s, nor 0

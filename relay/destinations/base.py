@@ -11,6 +11,7 @@ sending it (``relay try``, and later the editor's live preview).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import email.utils
 import time
 from collections.abc import Mapping
@@ -108,6 +109,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     if when is None:
         return None
+    if when.tzinfo is None:  # "-0000" and asctime dates are UTC by RFC 9110, not local time
+        when = when.replace(tzinfo=datetime.timezone.utc)
     now = time.time() if now is None else now
     return max(0.0, when.timestamp() - now)
 
