@@ -110,7 +110,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when is None:
         return None
     if when.tzinfo is None:  # "-0000" and asctime dates are UTC by RFC 9110, not local time
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     now = time.time() if now is None else now
     return max(0.0, when.timestamp() - now)
 
