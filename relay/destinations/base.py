@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import email.utils
+import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,6 +93,17 @@ class Destination:
     async def send(self, payload: Any, ctx: DeliveryContext) -> Sent:
         """Deliver ``payload``. :raises DeliveryFailed: retryable or permanent."""
         raise NotImplementedError
+
+
+def flat_value(value: Any) -> str:
+    """A field value as text for a form, a header or a CSV cell (nested -> JSON)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

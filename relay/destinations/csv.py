@@ -13,27 +13,24 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import DeliveryFailed
-from .base import DeliveryContext, Destination, DestinationContext, OptionError, Sent
+from .base import DeliveryContext, Destination, DestinationContext, OptionError, Sent, flat_value
 
 # One lock per file, shared by every recipe writing to it, so rows never interleave.
 _LOCKS: dict[Path, asyncio.Lock] = {}
 
 
+
 def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return value
+    """Numbers stay numbers (the csv module writes them as is); the rest as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return flat_value(value)
 
 
 class CsvDestination(Destination):

@@ -36,21 +36,13 @@ from .base import (
     DestinationContext,
     OptionError,
     Sent,
+    flat_value,
     send_http,
 )
 
 METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SCHEMES = frozenset({"standard", "hmac-sha256"})
 
-
-def _form_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return str(value)
 
 
 class HttpDestination(Destination):
@@ -75,7 +67,7 @@ class HttpDestination(Destination):
         headers = config.get("headers") or {}
         if not isinstance(headers, Mapping):
             raise OptionError("headers must be a mapping of header names to values", "headers")
-        self.headers = {str(k): _form_value(v) for k, v in headers.items()}
+        self.headers = {str(k): flat_value(v) for k, v in headers.items()}
         self.body = str(config.get("body", "json"))
         if self.body not in ("json", "form"):
             raise OptionError("body must be json or form", "body")
@@ -93,7 +85,7 @@ class HttpDestination(Destination):
     def encode(self, payload: Any) -> tuple[bytes, str]:
         if self.body == "form":
             items = payload.items() if isinstance(payload, Mapping) else [("value", payload)]
-            return urlencode([(str(k), _form_value(v)) for k, v in items]).encode(), \
+            return urlencode([(str(k), flat_value(v)) for k, v in items]).encode(), \
                 "application/x-www-form-urlencoded"
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), \
             "application/json"

@@ -134,6 +134,11 @@ def matches_any(expected: Sequence[bytes], given: Sequence[bytes]) -> bool:
     return found
 
 
+def equals_any(given: str, secrets: Sequence[str]) -> bool:
+    """Constant-time: does ``given`` equal one of ``secrets``?"""
+    return matches_any([s.encode() for s in secrets], [given.strip().encode()])
+
+
 def require_header(request: Request, name: str) -> str:
     value = request.header(name)
     if value is None or not value.strip():

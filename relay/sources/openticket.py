@@ -11,7 +11,6 @@ sale would be lost: ``retry_status`` is 429 ("try again later") for this platfor
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from ..errors import SignatureMismatch
@@ -21,6 +20,7 @@ from .base import (
     Request,
     Signed,
     body_hash,
+    equals_any,
     json_get,
     natural_key,
     require_header,
@@ -35,11 +35,7 @@ class OpenTicket(Platform):
     secret_headers = frozenset({HEADER.lower()})
 
     def verify(self, request: Request, *, now: float, tolerance: float) -> None:
-        given = require_header(request, HEADER).strip().encode()
-        found = False
-        for secret in self.secrets:
-            found |= hmac.compare_digest(given, secret.encode())
-        if not found:
+        if not equals_any(require_header(request, HEADER), self.secrets):
             raise SignatureMismatch(
                 f"The {HEADER} header is not the nonce OpenTicket gave this webhook. Copy the "
                 "`nonce` from the webhook's details in OpenTicket into relay."

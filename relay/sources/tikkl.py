@@ -8,11 +8,10 @@ secret, the rejection says so and ``signature: secret`` in sources.yaml accepts 
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from ..errors import ConfigError, SignatureMismatch
-from .base import Described, Request, Signed, natural_key, require_header
+from .base import Described, Request, Signed, equals_any, natural_key, require_header
 from .hmac_scheme import HmacPlatform, HmacScheme
 
 HEADER = "X-Tikkl-Signature"
@@ -33,18 +32,13 @@ class Tikkl(HmacPlatform):
 
     def verify(self, request: Request, *, now: float, tolerance: float) -> None:
         if self.mode == "secret":
-            given = require_header(request, HEADER).strip().encode()
-            found = False
-            for secret in self.secrets:
-                found |= hmac.compare_digest(given, secret.encode())
-            if not found:
+            if not equals_any(require_header(request, HEADER), self.secrets):
                 raise SignatureMismatch(f"The {HEADER} header is not this source's secret.")
             return
         try:
             super().verify(request, now=now, tolerance=tolerance)
         except SignatureMismatch:
-            given = (request.header(HEADER) or "").strip().encode()
-            if any(hmac.compare_digest(given, s.encode()) for s in self.secrets):
+            if equals_any(request.header(HEADER) or "", self.secrets):
                 raise SignatureMismatch(
                     f"The {HEADER} header holds the webhook secret itself, not a signature "
                     "of the body. If Tikkl really sends it this way, add `signature: secret` "

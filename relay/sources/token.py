@@ -7,14 +7,13 @@ checks a header; without ``header`` the token is expected at the end of the URL
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jmespath
 
 from ..errors import ConfigError, SignatureMismatch, SignatureMissing
-from .base import Described, Platform, Request, Signed, body_hash, key_part, require_header
+from .base import Described, Platform, Request, Signed, body_hash, equals_any, key_part, require_header
 
 
 def check_token(given: str | None, secrets: Sequence[str], platform: str) -> None:
@@ -25,10 +24,7 @@ def check_token(given: str | None, secrets: Sequence[str], platform: str) -> Non
             "(/hooks/<source>/<token>); the request had none. Copy the full webhook URL "
             f"into {platform}."
         )
-    found = False
-    for secret in secrets:
-        found |= hmac.compare_digest(given.encode(), secret.encode())
-    if not found:
+    if not equals_any(given, secrets):
         raise SignatureMismatch(
             f"The token in the URL is not this source's token. Copy the webhook URL "
             f"again into {platform}."
@@ -56,11 +52,7 @@ class StaticToken(Platform):
         if not self.header:
             check_token(request.token, self.secrets, "the sender")
             return
-        given = require_header(request, self.header).strip().encode()
-        found = False
-        for secret in self.secrets:
-            found |= hmac.compare_digest(given, secret.encode())
-        if not found:
+        if not equals_any(require_header(request, self.header), self.secrets):
             raise SignatureMismatch(f"The {self.header} header is not this source's token.")
 
     def _pick(self, request: Request, payload: Any, header: str, path: str) -> str | None:
