@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from .destinations import DeliveryContext, Destination
-from .errors import DeliveryFailed
+from .errors import DeliveryFailed, RelayError
 from .recipes import Recipes
 from .settings import Settings
 from .store import Store, Writer
@@ -92,22 +92,30 @@ class Deliverer:
     async def run(self) -> None:
         await self.writer.run(lambda s: s.requeue_interrupted())
         while True:
-            free = self.settings.concurrency - len(self.in_flight)
-            claimed: list[dict[str, Any]] = []
-            if free > 0:
-                claimed = await self.writer.run(functools.partial(Store.claim_due, limit=free))
-                for delivery in claimed:
-                    task = asyncio.create_task(self.attempt(delivery))
-                    self.in_flight.add(task)
-                    task.add_done_callback(self._done)
-            if claimed and len(claimed) == free:
-                # Full: wait for a slot, not for the clock.
-                self.wake.clear()
-                await self.wake.wait()
-                continue
-            if claimed:
-                continue
-            await self._sleep_until_due()
+            try:
+                await self.step()
+            except Exception:  # e.g. the database is briefly unwritable: keep going
+                log.exception("the delivery loop failed; trying again in a second")
+                await asyncio.sleep(1.0)
+
+    async def step(self) -> None:
+        """Claim what is due and start sending it, or wait for something to do."""
+        free = self.settings.concurrency - len(self.in_flight)
+        claimed: list[dict[str, Any]] = []
+        if free > 0:
+            claimed = await self.writer.run(functools.partial(Store.claim_due, limit=free))
+            for delivery in claimed:
+                task = asyncio.create_task(self.attempt(delivery))
+                self.in_flight.add(task)
+                task.add_done_callback(self._done)
+        if claimed and len(claimed) == free:
+            # Full: wait for a slot, not for the clock.
+            self.wake.clear()
+            await self.wake.wait()
+            return
+        if claimed:
+            return
+        await self._sleep_until_due()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
@@ -164,10 +172,23 @@ class Deliverer:
             outcome, next_at, error = self._after_failure(
                 delivery, number, DeliveryFailed(error, retryable=True), error)
         duration = time.time() - started
-        await self.writer.run(lambda s: s.record_attempt(
-            delivery["id"], number=number, started_at=started, duration=duration,
-            outcome=outcome, status_code=status_code, error=error, response_headers=headers,
-            response_body=body, next_attempt_at=next_at))
+
+        def record(store: Store) -> None:
+            store.record_attempt(
+                delivery["id"], number=number, started_at=started, duration=duration,
+                outcome=outcome, status_code=status_code, error=error, response_headers=headers,
+                response_body=body, next_attempt_at=next_at)
+
+        for tries_left in range(5, 0, -1):
+            try:
+                await self.writer.run(record)
+                return
+            except RelayError:
+                if tries_left == 1:
+                    # Left 'sending': the next start queues it again (at-least-once).
+                    log.error("could not record attempt %d of delivery %s", number, delivery["id"])
+                    raise
+                await asyncio.sleep(1.0)
 
     def _after_failure(self, delivery: dict[str, Any], number: int, failure: DeliveryFailed,
                        error: str) -> tuple[str, float | None, str]:

@@ -107,6 +107,11 @@ def route_event(recipes: Recipes, event: dict[str, Any]) -> Routed:
             routed.routes.append({"recipe": recipe.name, "outcome": "error",
                                   "message": "the recipe nested too deeply and was stopped"})
             continue
+        except Exception as e:  # a bug must cost this recipe this event, not stop routing
+            log.exception("recipe %s failed on event %s", recipe.name, event["id"])
+            routed.routes.append({"recipe": recipe.name, "outcome": "error",
+                                  "message": f"relay hit an internal error: {type(e).__name__}: {e}"})
+            continue
         count = 0
         for item_index, fields in outputs:
             for index, destination in enumerate(recipe.to):
@@ -134,7 +139,12 @@ class Router:
 
     async def run(self) -> None:
         while True:
-            routed_any = await self.route_pending()
+            try:
+                routed_any = await self.route_pending()
+            except Exception:  # e.g. the disk is full: the events wait, routing goes on
+                log.exception("routing failed; trying again in a second")
+                await asyncio.sleep(1.0)
+                continue
             if not routed_any:
                 self.wake.clear()
                 try:
