@@ -175,6 +175,8 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(
         routes=[
             Route("/hooks/{source}", receive, methods=["POST"]),
+            # A pasted URL often gains a trailing slash; a redirect would lose the POST.
+            Route("/hooks/{source}/", receive, methods=["POST"]),
             Route("/hooks/{source}/{token}", receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ],

@@ -135,8 +135,8 @@ def matches_any(expected: Sequence[bytes], given: Sequence[bytes]) -> bool:
 
 
 def equals_any(given: str, secrets: Sequence[str]) -> bool:
-    """Constant-time: does ``given`` equal one of ``secrets``?"""
-    return matches_any([s.encode() for s in secrets], [given.strip().encode()])
+    """Constant-time: does ``given`` equal one of ``secrets`` exactly?"""
+    return matches_any([s.encode() for s in secrets], [given.encode()])
 
 
 def require_header(request: Request, name: str) -> str:
@@ -156,9 +156,13 @@ def check_timestamp(raw: str, *, now: float, tolerance: float, header: str) -> i
     """
     try:
         ts = int(raw.strip())
-        away = abs(now - ts)  # OverflowError when ts is too large for a float
-    except (ValueError, OverflowError):
+    except ValueError:
         raise StaleTimestamp(f"The {header} value {raw[:40]!r} is not a Unix timestamp.") from None
+    if ts > 10**12 or ts < 0:  # not seconds since 1970 (milliseconds, or garbage)
+        raise StaleTimestamp(f"The {header} value {raw[:40]!r} is not a Unix timestamp in seconds.")
+    # Whole seconds on both sides: timestamps have no fraction, so a float "now"
+    # would let a timestamp 301 s off look like 300.4 s off.
+    away = abs(int(now) - ts)
     if away > tolerance:
         raise StaleTimestamp(
             f"The signed timestamp is {int(away)} seconds away from this server's clock "

@@ -35,7 +35,7 @@ class OpenTicket(Platform):
     secret_headers = frozenset({HEADER.lower()})
 
     def verify(self, request: Request, *, now: float, tolerance: float) -> None:
-        if not equals_any(require_header(request, HEADER), self.secrets):
+        if not equals_any(require_header(request, HEADER).strip(), self.secrets):
             raise SignatureMismatch(
                 f"The {HEADER} header is not the nonce OpenTicket gave this webhook. Copy the "
                 "`nonce` from the webhook's details in OpenTicket into relay."

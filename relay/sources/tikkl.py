@@ -32,13 +32,13 @@ class Tikkl(HmacPlatform):
 
     def verify(self, request: Request, *, now: float, tolerance: float) -> None:
         if self.mode == "secret":
-            if not equals_any(require_header(request, HEADER), self.secrets):
+            if not equals_any(require_header(request, HEADER).strip(), self.secrets):
                 raise SignatureMismatch(f"The {HEADER} header is not this source's secret.")
             return
         try:
             super().verify(request, now=now, tolerance=tolerance)
         except SignatureMismatch:
-            if equals_any(request.header(HEADER) or "", self.secrets):
+            if equals_any((request.header(HEADER) or "").strip(), self.secrets):
                 raise SignatureMismatch(
                     f"The {HEADER} header holds the webhook secret itself, not a signature "
                     "of the body. If Tikkl really sends it this way, add `signature: secret` "

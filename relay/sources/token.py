@@ -52,7 +52,7 @@ class StaticToken(Platform):
         if not self.header:
             check_token(request.token, self.secrets, "the sender")
             return
-        if not equals_any(require_header(request, self.header), self.secrets):
+        if not equals_any(require_header(request, self.header).strip(), self.secrets):
             raise SignatureMismatch(f"The {self.header} header is not this source's token.")
 
     def _pick(self, request: Request, payload: Any, header: str, path: str) -> str | None:
