@@ -227,8 +227,10 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
         assert set(got) <= posted, f"delivered but never posted: {sorted(set(got) - posted)[:5]}"
         missing = {(ref, ticket) for ref in load.ok for ticket in TICKETS} - set(got)
         assert not missing, f"{len(missing)} acknowledged deliveries lost, e.g. {sorted(missing)[:5]}"
-        # each kill happened while the load was still running
-        assert all(k["answered"] < count for k in kills), kills
+        # The first kill lands while webhooks are still arriving. On a busy machine the
+        # load may be done by the second one, which then hits a queue being delivered.
+        assert kills[0]["answered"] < count, kills
+        assert all(k["answered"] < count or k["queued"] > 0 for k in kills), kills
         # a repeated delivery is the same delivery: the receiver can drop it by its key
         keys: dict[tuple[str, int], set[str]] = collections.defaultdict(set)
         for r in complete(sink):
