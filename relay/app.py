@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .delivery import Deliverer
-from .destinations import DestinationContext
+from .destinations import DestinationContext, Pacers
 from .ingest import receive
 from .recipes import Recipes, load_recipes, recipe_files
 from .routing import Router
@@ -63,12 +63,13 @@ def folder_stamp(folder: Path) -> tuple[tuple[str, float, int], ...]:
     return tuple(stamp)
 
 
-def load_config(settings: Settings, secrets: SecretStore) -> Config:
+def load_config(settings: Settings, secrets: SecretStore, pacers: Pacers | None = None) -> Config:
     folder = Path(settings.recipes)
     stamp = config_stamp(folder, secrets)
     sources = load_sources(folder, secrets.lookup)
-    recipes = load_recipes(folder, sources, secrets.lookup,
-                           DestinationContext(data_dir=Path(settings.data)))
+    context = DestinationContext(data_dir=Path(settings.data), settings=settings,
+                                 pacers=pacers or Pacers())
+    recipes = load_recipes(folder, sources, secrets.lookup, context)
     return Config(sources, recipes, stamp)
 
 
@@ -81,7 +82,9 @@ class Runtime:
         # A second connection for the event loop's own small reads (secrets at reload).
         self.reader = Store(settings.db)
         self.secrets = SecretStore(self.reader, settings)
-        self.config = load_config(settings, self.secrets)
+        # Pacers outlive reloads: a vendor's rate limit does not reset when a recipe changes.
+        self.pacers = Pacers()
+        self.config = load_config(settings, self.secrets, self.pacers)
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=max(settings.concurrency, 10)),
             headers={"User-Agent": "relay"},
@@ -94,7 +97,7 @@ class Runtime:
         self.deliverer.wake.set()
 
     def reload(self) -> Config:
-        self.config = load_config(self.settings, self.secrets)
+        self.config = load_config(self.settings, self.secrets, self.pacers)
         return self.config
 
     async def watch(self, interval: float = 1.0) -> None:

@@ -93,7 +93,7 @@ def report_problems(settings: Settings) -> None:
     secrets = secret_store(settings)
     folder = Path(settings.recipes)
     sources = load_sources(folder, secrets.lookup)
-    recipes = load_recipes(folder, sources, secrets.lookup, DestinationContext(Path(settings.data)))
+    recipes = load_recipes(folder, sources, secrets.lookup, DestinationContext(Path(settings.data), settings))
     for line in check_messages(sources, recipes):
         click.echo(f"relay: {line} (this part is disabled until fixed)", err=True)
     click.echo(f"relay: {len(sources)} sources, {len(recipes.items)} recipes "
@@ -112,7 +112,7 @@ def check(folder: Path | None, db: Path | None) -> None:
     if not folder.is_dir():
         raise click.ClickException(f"{folder} is not a folder")
     sources = load_sources(folder, secrets.lookup)
-    recipes = load_recipes(folder, sources, secrets.lookup, DestinationContext(Path(settings.data)))
+    recipes = load_recipes(folder, sources, secrets.lookup, DestinationContext(Path(settings.data), settings))
     problems = check_messages(sources, recipes)
     for line in problems:
         click.echo(line)
@@ -136,7 +136,7 @@ def try_(recipe: Path, payload: Path, event_type: str | None, db: Path | None) -
     secrets = secret_store(settings)
     sources = load_sources(folder, secrets.lookup)
     loaded = load_recipe(recipe.resolve(), folder, sources, secrets.lookup,
-                         DestinationContext(Path(settings.data)))
+                         DestinationContext(Path(settings.data), settings))
     if loaded.error is not None:
         raise click.ClickException(loaded.error.located())
     body = payload.read_bytes()

@@ -14,6 +14,7 @@ person replays it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from .destinations import DeliveryContext, Destination
+from .destinations import DeliveryContext, Destination, Sent
 from .errors import DeliveryFailed, RelayError
 from .recipes import Recipes
 from .settings import Settings
@@ -76,8 +77,33 @@ def find_destination(recipes: Recipes, delivery: dict[str, Any]) -> Destination:
     return recipe.to[index]
 
 
+@dataclasses.dataclass
+class Lane:
+    """The deliveries of one recipe's destination: sent in order of arrival."""
+
+    in_flight: int = 0
+    blocked_until: float = 0.0  # after a retryable failure, nothing overtakes it
+
+
+@dataclasses.dataclass
+class Result:
+    """How one attempt of one delivery ended, ready to record."""
+
+    outcome: str  # delivered, retry, dead
+    status_code: int | None = None
+    headers: dict[str, str] | None = None
+    body: str | None = None
+    error: str | None = None
+    next_at: float | None = None
+    hold: bool = False  # the destination asked for a wait: the whole lane waits
+
+
 class Deliverer:
-    """Runs deliveries, at most ``settings.concurrency`` at a time."""
+    """Runs deliveries: at most ``settings.concurrency`` batches at a time overall,
+    and per lane at most its destination's ``max_in_flight``."""
+
+    PER_LANE = 200  # due deliveries looked at per lane each round
+    SCAN = 5000  # ... and in all
 
     def __init__(self, writer: Writer, recipes: Callable[[], Recipes], settings: Settings,
                  client: httpx.AsyncClient) -> None:
@@ -87,6 +113,7 @@ class Deliverer:
         self.client = client
         self.wake = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.lanes: dict[tuple[str, int], Lane] = {}
         self.rng = random.Random()
 
     async def run(self) -> None:
@@ -99,23 +126,61 @@ class Deliverer:
                 await asyncio.sleep(1.0)
 
     async def step(self) -> None:
-        """Claim what is due and start sending it, or wait for something to do."""
+        """Start what can start now, then wait for a slot, a due time or new work."""
         free = self.settings.concurrency - len(self.in_flight)
-        claimed: list[dict[str, Any]] = []
-        if free > 0:
-            claimed = await self.writer.run(functools.partial(Store.claim_due, limit=free))
-            for delivery in claimed:
-                task = asyncio.create_task(self.attempt(delivery))
+        if free <= 0:
+            await self._wait(1.0)
+            return
+        now = time.time()
+        rows = await self.writer.run(functools.partial(
+            Store.due_by_lane, now=now, per_lane=self.PER_LANE, limit=self.SCAN))
+        groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for row in rows:
+            groups.setdefault((row["recipe"], row["destination"]), []).append(row)
+        recipes = self.recipes()
+        started = 0
+        unblock_at: list[float] = []
+        for key, items in groups.items():
+            lane = self.lanes.setdefault(key, Lane())
+            if lane.blocked_until > now:
+                unblock_at.append(lane.blocked_until)
+                continue
+            try:
+                destination: Destination | None = find_destination(recipes, items[0])
+                assert destination is not None
+                size, lane_limit = max(1, destination.batch_size), max(1, destination.max_in_flight)
+            except DeliveryFailed as failure:  # the recipe is broken or gone
+                destination, size, lane_limit = None, len(items), 1
+                unusable = failure
+            while items and free > 0 and lane.in_flight < lane_limit:
+                batch, items = items[:size], items[size:]
+                ids = await self.writer.run(functools.partial(Store.claim, ids=[d["id"] for d in batch]))
+                batch = [d for d in batch if d["id"] in ids]
+                if not batch:
+                    continue
+                work = (self.attempt_batch(key, destination, batch) if destination is not None
+                        else self.fail_batch(key, batch, unusable))
+                lane.in_flight += 1
+                free -= 1
+                started += 1
+                task = asyncio.create_task(work)
                 self.in_flight.add(task)
                 task.add_done_callback(self._done)
-        if claimed and len(claimed) == free:
-            # Full: wait for a slot, not for the clock.
-            self.wake.clear()
-            await self.wake.wait()
+        if started:
             return
-        if claimed:
-            return
-        await self._sleep_until_due()
+        if rows:  # due work, but its lanes are busy or holding: wait for a slot or the hold
+            wait = min([t - now for t in unblock_at] + [1.0])
+        else:
+            due = await self.writer.run(lambda s: s.next_due_at())
+            wait = 1.0 if due is None else min(1.0, due - now)
+        await self._wait(max(0.01, wait))
+
+    async def _wait(self, seconds: float) -> None:
+        self.wake.clear()
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
@@ -123,61 +188,78 @@ class Deliverer:
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 
-    async def _sleep_until_due(self) -> None:
-        due = await self.writer.run(lambda s: s.next_due_at())
-        wait = 1.0 if due is None else min(1.0, max(0.0, due - time.time()))
-        self.wake.clear()
-        if wait > 0:
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout=wait)
-            except TimeoutError:
-                pass
+    def _context(self, delivery: dict[str, Any]) -> DeliveryContext:
+        return DeliveryContext(
+            client=self.client, delivery_id=delivery["id"], event_id=delivery["event_id"],
+            idempotency_key=delivery["idempotency_key"], attempt=int(delivery["attempts"]) + 1,
+            timeout=self.settings.delivery_timeout,
+        )
 
-    async def attempt(self, delivery: dict[str, Any]) -> None:
-        """One attempt of one delivery, recorded whatever happens."""
-        number = int(delivery["attempts"]) + 1
+    async def attempt_batch(self, key: tuple[str, int], destination: Destination,
+                            batch: list[dict[str, Any]]) -> None:
+        """One attempt of each delivery in ``batch``, recorded whatever happens."""
         started = time.time()
-        status_code: int | None = None
-        headers: dict[str, str] | None = None
-        body: str | None = None
-        error: str | None = None
-        next_at: float | None = None
         try:
-            destination = find_destination(self.recipes(), delivery)
-            ctx = DeliveryContext(
-                client=self.client, delivery_id=delivery["id"], event_id=delivery["event_id"],
-                idempotency_key=delivery["idempotency_key"], attempt=number,
-                timeout=self.settings.delivery_timeout,
+            outcomes: list[Sent | DeliveryFailed] = await asyncio.wait_for(
+                destination.send_batch([json.loads(d["payload"]) for d in batch],
+                                       [self._context(d) for d in batch]),
+                # Each request has its own timeout; this bounds the whole attempt (a
+                # destination may make several requests, and wait for its pacer).
+                timeout=self.settings.delivery_timeout * 4 + 60,
             )
-            sent = await asyncio.wait_for(
-                destination.send(json.loads(delivery["payload"]), ctx),
-                # The destination's own timeout bounds each request; this bounds the
-                # whole attempt (a destination may make several requests).
-                timeout=self.settings.delivery_timeout * 2 + 5,
-            )
-            outcome = "delivered"
-            status_code, headers, body = sent.status_code, sent.headers, sent.body or sent.note
+            if len(outcomes) != len(batch):
+                raise RuntimeError(f"{destination.type} gave {len(outcomes)} outcomes for {len(batch)}")
         except DeliveryFailed as failure:
-            status_code, headers, body = (failure.status_code, failure.response_headers or None,
-                                          failure.response_body)
-            error = failure.message
-            outcome, next_at, error = self._after_failure(delivery, number, failure, error)
+            outcomes = [failure] * len(batch)
         except TimeoutError:
-            error = "the destination took too long; relay will retry"
-            outcome, next_at, error = self._after_failure(
-                delivery, number, DeliveryFailed(error, retryable=True), error)
-        except Exception as e:  # a bug in a destination must not lose the delivery
-            log.exception("destination crashed on delivery %s", delivery["id"])
-            error = f"relay hit an internal error sending this: {type(e).__name__}: {e}"
-            outcome, next_at, error = self._after_failure(
-                delivery, number, DeliveryFailed(error, retryable=True), error)
-        duration = time.time() - started
+            outcomes = [DeliveryFailed("the destination took too long; relay will retry",
+                                       retryable=True)] * len(batch)
+        except Exception as e:  # a bug in a destination must not lose the deliveries
+            log.exception("destination %s crashed", destination.type)
+            outcomes = [DeliveryFailed(
+                f"relay hit an internal error sending this: {type(e).__name__}: {e}",
+                retryable=True)] * len(batch)
+        await self._finish(key, batch, outcomes, started)
 
+    async def fail_batch(self, key: tuple[str, int], batch: list[dict[str, Any]],
+                         failure: DeliveryFailed) -> None:
+        await self._finish(key, batch, [failure] * len(batch), time.time())
+
+    async def _finish(self, key: tuple[str, int], batch: list[dict[str, Any]],
+                      outcomes: list[Sent | DeliveryFailed], started: float) -> None:
+        lane = self.lanes.setdefault(key, Lane())
+        try:
+            duration = time.time() - started
+            results = [self._result(d, o) for d, o in zip(batch, outcomes, strict=True)]
+            # A destination that says "wait" (429, Retry-After) means the whole account:
+            # hold the lane so that nothing overtakes what must be retried. Other
+            # failures (a 500 on one record) hold only themselves, or one poison record
+            # would stall every sale behind it.
+            holds = [r.next_at for r in results if r.hold and r.next_at]
+            if holds:
+                lane.blocked_until = max(lane.blocked_until, max(holds))
+            await self._record(batch, results, started, duration)
+        finally:
+            lane.in_flight -= 1
+
+    def _result(self, delivery: dict[str, Any], outcome: Sent | DeliveryFailed) -> Result:
+        if isinstance(outcome, Sent):
+            return Result("delivered", outcome.status_code, outcome.headers,
+                          outcome.body or outcome.note)
+        state, next_at, error = self._after_failure(
+            delivery, int(delivery["attempts"]) + 1, outcome, outcome.message)
+        return Result(state, outcome.status_code, outcome.response_headers or None,
+                      outcome.response_body, error, next_at,
+                      hold=state == "retry" and outcome.retry_after is not None)
+
+    async def _record(self, batch: list[dict[str, Any]], results: list[Result], started: float,
+                      duration: float) -> None:
         def record(store: Store) -> None:
-            store.record_attempt(
-                delivery["id"], number=number, started_at=started, duration=duration,
-                outcome=outcome, status_code=status_code, error=error, response_headers=headers,
-                response_body=body, next_attempt_at=next_at)
+            for delivery, r in zip(batch, results, strict=True):
+                store.record_attempt(
+                    delivery["id"], number=int(delivery["attempts"]) + 1, started_at=started,
+                    duration=duration, outcome=r.outcome, status_code=r.status_code, error=r.error,
+                    response_headers=r.headers, response_body=r.body, next_attempt_at=r.next_at)
 
         for tries_left in range(5, 0, -1):
             try:
@@ -185,8 +267,8 @@ class Deliverer:
                 return
             except RelayError:
                 if tries_left == 1:
-                    # Left 'sending': the next start queues it again (at-least-once).
-                    log.error("could not record attempt %d of delivery %s", number, delivery["id"])
+                    # Left 'sending': the next start queues them again (at-least-once).
+                    log.error("could not record attempts of deliveries %s", [d["id"] for d in batch])
                     raise
                 await asyncio.sleep(1.0)
 

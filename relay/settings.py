@@ -76,6 +76,20 @@ SETTINGS: tuple[Setting, ...] = (
             "How many deliveries may be in flight at once."),
     Setting("timestamp_tolerance", "RELAY_TIMESTAMP_TOLERANCE", 300.0, _duration,
             "How far a signed timestamp may be from now before the request is refused."),
+    # Vendors' API addresses: settings so that tests and private deployments can
+    # point elsewhere.
+    Setting("google_sheets_url", "RELAY_GOOGLE_SHEETS_URL", "https://sheets.googleapis.com", str,
+            "Google Sheets API base URL."),
+    Setting("google_token_url", "RELAY_GOOGLE_TOKEN_URL", "", str,
+            "Google OAuth token URL; empty means the token_uri in the service-account key."),
+    Setting("hubspot_url", "RELAY_HUBSPOT_URL", "https://api.hubapi.com", str,
+            "HubSpot API base URL."),
+    Setting("mailchimp_url", "RELAY_MAILCHIMP_URL", "https://{dc}.api.mailchimp.com/3.0", str,
+            "Mailchimp API base URL; {dc} is the data centre from the API key's suffix."),
+    Setting("airtable_url", "RELAY_AIRTABLE_URL", "https://api.airtable.com/v0", str,
+            "Airtable API base URL."),
+    Setting("pipedrive_url", "RELAY_PIPEDRIVE_URL", "https://api.pipedrive.com/api/v2", str,
+            "Pipedrive API base URL (or https://<company>.pipedrive.com/api/v2)."),
 )
 
 
@@ -94,6 +108,12 @@ class Settings:
     max_age: float = 86400.0
     concurrency: int = 16
     timestamp_tolerance: float = 300.0
+    google_sheets_url: str = "https://sheets.googleapis.com"
+    google_token_url: str = ""
+    hubspot_url: str = "https://api.hubapi.com"
+    mailchimp_url: str = "https://{dc}.api.mailchimp.com/3.0"
+    airtable_url: str = "https://api.airtable.com/v0"
+    pipedrive_url: str = "https://api.pipedrive.com/api/v2"
 
     @classmethod
     def from_env(

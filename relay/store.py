@@ -267,25 +267,32 @@ class Store:
         )
         return cursor.rowcount
 
-    def claim_due(self, limit: int, now: float | None = None) -> list[dict[str, Any]]:
-        """Mark up to ``limit`` due deliveries 'sending' and return them, oldest first."""
+    def due_by_lane(self, now: float, per_lane: int, limit: int) -> list[dict[str, Any]]:
+        """Due pending deliveries, the oldest ``per_lane`` of each recipe destination.
+
+        In order of arrival (id). Capping each lane means a lane with a huge backlog
+        (a paused CRM) cannot hide the others' work.
+        """
+        return self.rows(
+            "SELECT * FROM (SELECT d.*, e.source, e.type AS event_type, ROW_NUMBER() OVER"
+            " (PARTITION BY d.recipe, d.destination ORDER BY d.id) AS lane_position"
+            " FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " WHERE d.status = 'pending' AND d.next_attempt_at <= ?)"
+            " WHERE lane_position <= ? ORDER BY id LIMIT ?",
+            [now, per_lane, limit],
+        )
+
+    def claim(self, ids: list[int], now: float | None = None) -> set[int]:
+        """Mark these deliveries 'sending' if they are still pending; returns those marked."""
+        if not ids:
+            return set()
         now = time.time() if now is None else now
+        marks = ",".join("?" * len(ids))
         with self.db.atomic():
-            rows = self.rows(
-                "SELECT d.*, e.source, e.type AS event_type FROM deliveries d"
-                " JOIN events e ON e.id = d.event_id"
-                " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
-                " ORDER BY d.next_attempt_at, d.id LIMIT ?",
-                [now, limit],
-            )
-            if rows:
-                ids = [r["id"] for r in rows]
-                marks = ",".join("?" * len(ids))
-                self.db.execute(
-                    f"UPDATE deliveries SET status = 'sending', updated_at = ? WHERE id IN ({marks})",
-                    [now, *ids],
-                )
-        return rows
+            cursor = self.db.execute(
+                f"UPDATE deliveries SET status = 'sending', updated_at = ? WHERE id IN ({marks})"
+                " AND status = 'pending' RETURNING id", [now, *ids])
+            return {int(row[0]) for row in cursor.fetchall()}
 
     def next_due_at(self) -> float | None:
         row = self.one("SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE status = 'pending'")

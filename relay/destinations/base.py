@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import httpx
 
 from ..errors import ConfigError, DeliveryFailed
+from ..settings import Settings
+from .pacing import Pacer, Pacers
 
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 USER_AGENT = "relay/0.1 (+self-hosted webhook relay)"
@@ -41,6 +43,8 @@ class DestinationContext:
     """What a destination may know about the relay when it is built."""
 
     data_dir: Path
+    settings: Settings = dataclasses.field(default_factory=Settings)
+    pacers: Pacers = dataclasses.field(default_factory=Pacers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +69,27 @@ class Sent:
     note: str | None = None
 
 
+Outcome = Sent | DeliveryFailed
+
+
 class Destination:
-    """Base of every destination type. Subclasses set ``type`` and ``options``."""
+    """Base of every destination type. Subclasses set ``type`` and ``options``.
+
+    Delivery goes through lanes: the deliveries of one recipe's destination are
+    sent in order of arrival, at most ``max_in_flight`` requests at a time, in
+    batches of up to ``batch_size`` (``send_batch``) where the vendor's API takes
+    several records in one request. When the destination asks for a wait (a
+    failure with ``retry_after``, e.g. a 429) the whole lane waits, so that order
+    holds. ``pacer`` (if set) keeps requests inside the vendor's rate
+    limit for the whole account.
+    """
 
     type: ClassVar[str]
     options: ClassVar[frozenset[str]] = frozenset()
     required: ClassVar[frozenset[str]] = frozenset()
+    batch_size: int = 1
+    max_in_flight: int = 8
+    pacer: Pacer | None = None
 
     def __init__(self, config: Mapping[str, Any], context: DestinationContext) -> None:
         unknown = set(config) - set(self.options) - {"type", "name"}
@@ -93,6 +112,21 @@ class Destination:
     async def send(self, payload: Any, ctx: DeliveryContext) -> Sent:
         """Deliver ``payload``. :raises DeliveryFailed: retryable or permanent."""
         raise NotImplementedError
+
+    async def send_batch(self, payloads: list[Any], ctxs: list[DeliveryContext]) -> list[Outcome]:
+        """Deliver several payloads; one outcome per payload, in the same order.
+
+        The default sends them one by one. A destination whose API takes several
+        records per request overrides this (and sets ``batch_size``). Raising
+        ``DeliveryFailed`` fails every payload of the batch alike.
+        """
+        outcomes: list[Outcome] = []
+        for payload, ctx in zip(payloads, ctxs, strict=True):
+            try:
+                outcomes.append(await self.send(payload, ctx))
+            except DeliveryFailed as failure:
+                outcomes.append(failure)
+        return outcomes
 
 
 def flat_value(value: Any) -> str:
@@ -153,12 +187,34 @@ def describe_status(code: int) -> str:
 
 async def send_http(
     ctx: DeliveryContext, method: str, url: str, *, headers: dict[str, str], content: bytes,
+    pacer: Pacer | None = None, rate_limit_wait: float | None = None,
 ) -> Sent:
     """Send one request and classify the answer.
+
+    ``pacer`` spaces requests to the account; after a 429 it is paused for the
+    ``Retry-After`` the vendor sent, else for ``rate_limit_wait`` (the vendor's
+    documented window, for vendors that send no Retry-After), and that wait
+    becomes the delivery's ``retry_after``.
 
     :raises DeliveryFailed: retryable for transport errors, timeouts, 408, 425, 429
         and 5xx; permanent for other non-2xx answers (with the response kept).
     """
+    if pacer is not None:
+        await pacer.acquire()
+    try:
+        return await _send_http(ctx, method, url, headers=headers, content=content)
+    except DeliveryFailed as failure:
+        if failure.status_code == 429:
+            if failure.retry_after is None and rate_limit_wait is not None:
+                failure.retry_after = rate_limit_wait
+            if pacer is not None and failure.retry_after is not None:
+                pacer.pause(failure.retry_after)
+        raise
+
+
+async def _send_http(
+    ctx: DeliveryContext, method: str, url: str, *, headers: dict[str, str], content: bytes,
+) -> Sent:
     try:
         response = await ctx.client.request(
             method, url, headers=headers, content=content, timeout=ctx.timeout,
