@@ -71,6 +71,8 @@ def serve(recipes: Path | None, db: Path | None, host: str | None, port: int | N
 
     settings = settings_from(recipes=recipes, db=db, host=host, port=port, data=data)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request URL at INFO; some URLs are secrets (a Slack webhook).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     report_problems(settings)
     click.echo(f"relay: webhooks go to http://{settings.host}:{settings.port}/hooks/<source>", err=True)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again, which
