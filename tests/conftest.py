@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -31,6 +32,38 @@ from relay.sources import PLATFORMS
 
 SAMPLES = Path(__file__).parent / "samples"
 ROOT = Path(__file__).parent.parent
+
+
+SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def shipped_secret_names(path: Path) -> list[str]:
+    """The ``${NAME}``s a shipped YAML file uses (its comments skipped)."""
+    text = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
+    return sorted(set(SECRET_REF.findall(text)))
+
+
+def shipped_secrets() -> dict[str, str]:
+    """A value for every secret the shipped recipes folder names, shaped the way each
+    destination checks it at load (a real service-account key, a Mailchimp key with its
+    data centre, a webhook URL)."""
+    names: set[str] = set()
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        names |= set(shipped_secret_names(path))
+    values = {n: f"value-for-{n.lower()}-0123456789" for n in names}
+    shaped = {
+        "MAILCHIMP_API_KEY": "0123456789abcdef0123456789abcdef-us14",
+        "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX",
+    }
+    values.update({k: v for k, v in shaped.items() if k in values})
+    for name in values:
+        if name.endswith("_URL") and name not in shaped:
+            values[name] = f"https://crm.example.com/{name.lower()}"
+    if "GOOGLE_SERVICE_ACCOUNT" in values:
+        from fakes.google import service_account_key
+        values["GOOGLE_SERVICE_ACCOUNT"] = json.dumps(
+            service_account_key("https://oauth2.googleapis.com/token")[0])
+    return values
 
 
 def sample(name: str) -> bytes:

@@ -17,7 +17,18 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, RelayServer, Sink, sample, sign, wait_until, write_recipe, write_sources
+from conftest import (
+    ROOT,
+    RelayServer,
+    Sink,
+    sample,
+    shipped_secret_names,
+    shipped_secrets,
+    sign,
+    wait_until,
+    write_recipe,
+    write_sources,
+)
 from relay.cli import cli
 from relay.destinations import DestinationContext
 from relay.errors import ConfigError, SecretMissing
@@ -572,11 +583,10 @@ def test_check_passes_a_good_folder(tmp_path: Path) -> None:
 
 def test_shipped_recipes_have_no_errors(tmp_path: Path) -> None:
     folder = ROOT / "recipes"
-    # the ${NAME}s in sources.yaml's settings (its comments mention ${NAME} itself)
-    settings = [line.split("#")[0] for line in (folder / "sources.yaml").read_text().splitlines()]
-    names = sorted(set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", "\n".join(settings))))
+    secrets = shipped_secrets()  # every ${NAME} of sources.yaml and the recipes
+    names = sorted(secrets)
     assert len(names) >= 5, names
-    env: dict[str, str | None] = {name: f"value-of-{name.lower()}" for name in names}
+    env: dict[str, str | None] = dict(secrets)
     result = check(folder, tmp_path, env)
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
@@ -587,9 +597,10 @@ def test_shipped_recipes_have_no_errors(tmp_path: Path) -> None:
     assert sources.all_errors() == [] and recipes.errors() == []
     assert len(recipes.items) >= 5 and all(r.active for r in recipes.items)
     assert {r.source for r in recipes.items} <= set(sources)
-    # Without its secrets, check names each one (so the run above really needed them).
+    # Without its secrets, check names each of sources.yaml's (so the run above really
+    # needed them); a recipe reports its first unset secret.
     result = check(folder, tmp_path, {name: None for name in names})
     assert result.exit_code == 1
-    for name in names:
+    for name in shipped_secret_names(folder / "sources.yaml"):
         assert f"relay secret set {name}`" in result.stdout
 
