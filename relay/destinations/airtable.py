@@ -59,8 +59,8 @@ from urllib.parse import quote
 from ..errors import DeliveryFailed
 from .base import (
     USER_AGENT,
+    BatchDestination,
     DeliveryContext,
-    Destination,
     DestinationContext,
     OptionError,
     Outcome,
@@ -107,7 +107,7 @@ def airtable_error(body: str | None) -> tuple[str | None, str | None]:
     return None, None
 
 
-class AirtableDestination(Destination):
+class AirtableDestination(BatchDestination):
     type = "airtable"
     options = frozenset({"token", "base", "table", "merge_on", "typecast"})
     required = frozenset({"token", "base", "table"})
@@ -200,12 +200,6 @@ class AirtableDestination(Destination):
 
     def _merge_key(self, fields: Mapping[str, Any]) -> str:
         return json.dumps([fields.get(name) for name in self.merge_on], sort_keys=True, default=str)
-
-    async def send(self, payload: Any, ctx: DeliveryContext) -> Sent:
-        [outcome] = await self.send_batch([payload], [ctx])
-        if isinstance(outcome, DeliveryFailed):
-            raise outcome
-        return outcome
 
     async def send_batch(self, payloads: list[Any], ctxs: list[DeliveryContext]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(payloads)

@@ -129,6 +129,27 @@ class Destination:
         return outcomes
 
 
+def rate_limit_option(value: Any, default: tuple[int, float],
+                      example: tuple[int, float] | None = None) -> tuple[int, float]:
+    """The ``rate_limit: {requests: N, per: S}`` option of a vendor destination.
+
+    :raises OptionError: on the ``rate_limit`` key, showing ``example`` (default: ``default``).
+    """
+    if value is None:
+        return default
+    ex_requests, ex_per = example or default
+    message = (f"rate_limit must look like {{requests: {ex_requests}, per: {ex_per:g}}} "
+               "(requests per that many seconds)")
+    if not isinstance(value, Mapping) or set(value) - {"requests", "per"} or "requests" not in value:
+        raise OptionError(message, "rate_limit")
+    requests, per = value["requests"], value.get("per", default[1])
+    if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
+        raise OptionError(message, "rate_limit")
+    if isinstance(per, bool) or not isinstance(per, (int, float)) or per <= 0:
+        raise OptionError(message, "rate_limit")
+    return requests, float(per)
+
+
 def flat_value(value: Any) -> str:
     """A field value as text for a form, a header or a CSV cell (nested -> JSON)."""
     if value is None:
@@ -138,6 +159,20 @@ def flat_value(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return str(value)
+
+
+class BatchDestination(Destination):
+    """A destination whose API takes several records per request: it implements
+    ``send_batch``, and a single delivery is a batch of one."""
+
+    async def send(self, payload: Any, ctx: DeliveryContext) -> Sent:
+        [outcome] = await self.send_batch([payload], [ctx])
+        if isinstance(outcome, DeliveryFailed):
+            raise outcome
+        return outcome
+
+    async def send_batch(self, payloads: list[Any], ctxs: list[DeliveryContext]) -> list[Outcome]:
+        raise NotImplementedError
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

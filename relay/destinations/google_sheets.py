@@ -57,13 +57,14 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from ..errors import DeliveryFailed
 from .base import (
     USER_AGENT,
+    BatchDestination,
     DeliveryContext,
-    Destination,
     DestinationContext,
     OptionError,
     Outcome,
     Sent,
     flat_value,
+    rate_limit_option,
     send_http,
 )
 
@@ -178,21 +179,6 @@ def parse_spreadsheet(value: Any) -> str:
     return text
 
 
-def parse_rate(value: Any) -> tuple[int, float]:
-    if value is None:
-        return DEFAULT_RATE
-    try:
-        if not isinstance(value, Mapping) or set(value) - {"requests", "per"}:
-            raise ValueError
-        limit, per = int(value["requests"]), float(value.get("per", 60))
-        if limit < 1 or per <= 0:
-            raise ValueError
-    except (KeyError, TypeError, ValueError):
-        raise OptionError("rate_limit must look like {requests: 60, per: 60} (requests per that "
-                          "many seconds)", "rate_limit") from None
-    return limit, per
-
-
 @dataclasses.dataclass
 class _Token:
     """One service account's access token, and the lock that makes a burst fetch it once."""
@@ -202,7 +188,7 @@ class _Token:
     renew_at: float = 0.0
 
 
-class GoogleSheetsDestination(Destination):
+class GoogleSheetsDestination(BatchDestination):
     type = "google_sheets"
     options = frozenset({"key", "spreadsheet", "sheet", "rate_limit"})
     required = frozenset({"key", "spreadsheet"})
@@ -233,7 +219,7 @@ class GoogleSheetsDestination(Destination):
         if sheet is None or str(sheet) == "":
             raise OptionError("sheet must be the name of a tab of the spreadsheet (e.g. Sheet1)", "sheet")
         self.sheet = str(sheet)
-        limit, per = parse_rate(config.get("rate_limit"))
+        limit, per = rate_limit_option(config.get("rate_limit"), DEFAULT_RATE)
         account = hashlib.sha256(self.client_email.encode()).hexdigest()[:16]
         self.pacer = context.pacers.get(f"google_sheets:{account}", limit, per)
 
@@ -412,12 +398,6 @@ class GoogleSheetsDestination(Destination):
 
     def _missing(self, header: list[str], fields: Mapping[str, Any]) -> list[str]:
         return [str(k) for k in fields if str(k) not in header]
-
-    async def send(self, payload: Any, ctx: DeliveryContext) -> Sent:
-        [outcome] = await self.send_batch([payload], [ctx])
-        if isinstance(outcome, DeliveryFailed):
-            raise outcome
-        return outcome
 
     async def send_batch(self, payloads: list[Any], ctxs: list[DeliveryContext]) -> list[Outcome]:
         """Append the payloads as rows, in order, in one request (a bad one fails alone)."""

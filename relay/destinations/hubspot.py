@@ -52,13 +52,14 @@ from typing import Any
 from ..errors import DeliveryFailed
 from .base import (
     USER_AGENT,
+    BatchDestination,
     DeliveryContext,
-    Destination,
     DestinationContext,
     OptionError,
     Outcome,
     Sent,
     flat_value,
+    rate_limit_option,
     send_http,
 )
 
@@ -147,7 +148,7 @@ class _Input:
     members: list[int]
 
 
-class HubSpotDestination(Destination):
+class HubSpotDestination(BatchDestination):
     type = "hubspot"
     options = frozenset({"token", "id_property", "deal", "rate_limit"})
     required = frozenset({"token"})
@@ -168,7 +169,7 @@ class HubSpotDestination(Destination):
             raise OptionError("id_property must be a HubSpot property's internal name, "
                               "for example email", "id_property")
         self.deal = self._deal_option(config.get("deal"))
-        limit, per = self._rate_option(config.get("rate_limit"))
+        limit, per = rate_limit_option(config.get("rate_limit"), DEFAULT_RATE, example=(190, 10))
         self.base = str(context.settings.hubspot_url).rstrip("/")
         account = "hubspot:" + hashlib.sha256(token.encode()).hexdigest()[:16]
         margin = max(PACE_MARGIN_MIN, per * PACE_MARGIN)
@@ -193,20 +194,6 @@ class HubSpotDestination(Destination):
             raise OptionError(f"deal needs `name:` (a field of the recipe or fixed text), {example}",
                               "deal")
         return deal
-
-    @staticmethod
-    def _rate_option(value: Any) -> tuple[int, float]:
-        if value is None:
-            return DEFAULT_RATE
-        message = "rate_limit must be `{requests: 190, per: 10}`: requests per so many seconds"
-        if not isinstance(value, Mapping) or set(value) - {"requests", "per"}:
-            raise OptionError(message, "rate_limit")
-        requests, per = value.get("requests", DEFAULT_RATE[0]), value.get("per", DEFAULT_RATE[1])
-        if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
-            raise OptionError(message, "rate_limit")
-        if isinstance(per, bool) or not isinstance(per, (int, float)) or per <= 0:
-            raise OptionError(message, "rate_limit")
-        return requests, float(per)
 
     # --- what is sent -----------------------------------------------------------
 
@@ -339,12 +326,6 @@ class HubSpotDestination(Destination):
             prefix + message, retryable=failure.retryable, retry_after=failure.retry_after,
             status_code=code, response_body=failure.response_body,
             response_headers=failure.response_headers)
-
-    async def send(self, payload: Any, ctx: DeliveryContext) -> Sent:
-        [outcome] = await self.send_batch([payload], [ctx])
-        if isinstance(outcome, DeliveryFailed):
-            raise outcome
-        return outcome
 
     async def send_batch(self, payloads: list[Any], ctxs: list[DeliveryContext]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(payloads)

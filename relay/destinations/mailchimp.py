@@ -61,6 +61,7 @@ from .base import (
     OptionError,
     Sent,
     flat_value,
+    rate_limit_option,
     send_http,
 )
 
@@ -113,22 +114,6 @@ def _said(title: str, detail: str, errors: list[str]) -> str:
     return said
 
 
-def _rate(config: Mapping[str, Any]) -> tuple[int, float]:
-    value = config.get("rate_limit")
-    if value is None:
-        return DEFAULT_RATE
-    try:
-        if not isinstance(value, Mapping) or set(value) - {"requests", "per"}:
-            raise ValueError
-        limit, per = int(value["requests"]), float(value.get("per", 1))
-        if limit < 1 or per <= 0:
-            raise ValueError
-    except (KeyError, TypeError, ValueError):
-        raise OptionError("rate_limit must look like {requests: 10, per: 1} (requests per "
-                          "that many seconds)", "rate_limit") from None
-    return limit, per
-
-
 class MailchimpDestination(Destination):
     type = "mailchimp"
     options = frozenset({"api_key", "list", "email", "status_if_new", "merge_fields", "tags",
@@ -179,7 +164,7 @@ class MailchimpDestination(Destination):
             raise OptionError("tags is either the name of a recipe field holding a tag (or a list "
                               "of tags), or a fixed list such as [VIP, Gala 2025]", "tags")
         self.base = context.settings.mailchimp_url.replace("{dc}", self.dc).rstrip("/")
-        limit, per = _rate(config)
+        limit, per = rate_limit_option(config.get("rate_limit"), DEFAULT_RATE)
         account = "mailchimp:" + hashlib.sha256(self.api_key.encode()).hexdigest()[:16]
         self.pacer = context.pacers.get(account, limit, per)
         self._locks: dict[str, asyncio.Lock] = {}
