@@ -79,10 +79,12 @@ def find_destination(recipes: Recipes, delivery: dict[str, Any]) -> Destination:
 
 @dataclasses.dataclass
 class Lane:
-    """The deliveries of one recipe's destination: sent in order of arrival."""
+    """The deliveries of one recipe's destination: first due, first sent.
+
+    A hold (the destination said "wait") is kept in the database: see ``Store.hold_lane``.
+    """
 
     in_flight: int = 0
-    blocked_until: float = 0.0  # after a retryable failure, nothing overtakes it
 
 
 @dataclasses.dataclass
@@ -139,12 +141,8 @@ class Deliverer:
             groups.setdefault((row["recipe"], row["destination"]), []).append(row)
         recipes = self.recipes()
         started = 0
-        unblock_at: list[float] = []
         for key, items in groups.items():
             lane = self.lanes.setdefault(key, Lane())
-            if lane.blocked_until > now:
-                unblock_at.append(lane.blocked_until)
-                continue
             try:
                 destination: Destination | None = find_destination(recipes, items[0])
                 assert destination is not None
@@ -168,8 +166,8 @@ class Deliverer:
                 task.add_done_callback(self._done)
         if started:
             return
-        if rows:  # due work, but its lanes are busy or holding: wait for a slot or the hold
-            wait = min([t - now for t in unblock_at] + [1.0])
+        if rows:  # due work, but its lanes are busy: wait for a slot to free up
+            wait = 1.0
         else:
             due = await self.writer.run(lambda s: s.next_due_at())
             wait = 1.0 if due is None else min(1.0, due - now)
@@ -236,9 +234,8 @@ class Deliverer:
             # failures (a 500 on one record) hold only themselves, or one poison record
             # would stall every sale behind it.
             holds = [r.next_at for r in results if r.hold and r.next_at]
-            if holds:
-                lane.blocked_until = max(lane.blocked_until, max(holds))
-            await self._record(batch, results, started, duration)
+            await self._record(batch, results, started, duration,
+                               hold=(key, max(holds)) if holds else None)
         finally:
             lane.in_flight -= 1
 
@@ -253,13 +250,16 @@ class Deliverer:
                       hold=state == "retry" and outcome.retry_after is not None)
 
     async def _record(self, batch: list[dict[str, Any]], results: list[Result], started: float,
-                      duration: float) -> None:
+                      duration: float, hold: tuple[tuple[str, int], float] | None = None) -> None:
         def record(store: Store) -> None:
             for delivery, r in zip(batch, results, strict=True):
                 store.record_attempt(
                     delivery["id"], number=int(delivery["attempts"]) + 1, started_at=started,
                     duration=duration, outcome=r.outcome, status_code=r.status_code, error=r.error,
                     response_headers=r.headers, response_body=r.body, next_attempt_at=r.next_at)
+            if hold is not None:
+                (recipe, destination), until = hold
+                store.hold_lane(recipe, destination, until)
 
         for tries_left in range(5, 0, -1):
             try:

@@ -129,6 +129,22 @@ def _initial(db: Database) -> None:
     )
 
 
+@migrations(name="002_lane_holds")
+def _lane_holds(db: Database) -> None:
+    # A destination that said "wait" (429) holds its lane: nothing of that recipe
+    # destination is sent before held_until, so that order of arrival survives.
+    db.executescript(
+        """
+        CREATE TABLE lanes (
+            recipe TEXT NOT NULL,
+            destination INTEGER NOT NULL,
+            held_until REAL NOT NULL,
+            PRIMARY KEY (recipe, destination)
+        );
+        """
+    )
+
+
 def connect(path: Path | str) -> Database:
     """Open (creating if needed) the database and bring its schema up to date."""
     path = Path(path)
@@ -230,12 +246,15 @@ class Store:
                      route.get("deliveries", 0), now],
                 )
             for d in deliveries:
+                # A held lane takes new deliveries no earlier than its hold ends.
                 self.db.execute(
                     "INSERT INTO deliveries (event_id, recipe, destination, dest_type, item_index,"
                     " payload, status, queued_at, next_attempt_at, updated_at, idempotency_key)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, MAX(?, COALESCE((SELECT held_until"
+                    " FROM lanes WHERE recipe = ? AND destination = ?), 0)), ?, ?)",
                     [event_id, d["recipe"], d["destination"], d["dest_type"], d.get("item_index"),
-                     _json(d["payload"]), now, now, now, uuid.uuid4().hex],
+                     _json(d["payload"]), now, now, d["recipe"], d["destination"], now,
+                     uuid.uuid4().hex],
                 )
                 count += 1
             self.db.execute("UPDATE events SET routed_at = ? WHERE id = ?", [now, event_id])
@@ -268,19 +287,37 @@ class Store:
         return cursor.rowcount
 
     def due_by_lane(self, now: float, per_lane: int, limit: int) -> list[dict[str, Any]]:
-        """Due pending deliveries, the oldest ``per_lane`` of each recipe destination.
+        """Due pending deliveries, the first ``per_lane`` of each recipe destination.
 
-        In order of arrival (id). Capping each lane means a lane with a huge backlog
-        (a paused CRM) cannot hide the others' work.
+        First due, first sent; arrival (id) breaks ties, so a lane released from a
+        hold goes in order of arrival. Capping each lane means a lane with a huge
+        backlog cannot hide the others' work.
         """
         return self.rows(
             "SELECT * FROM (SELECT d.*, e.source, e.type AS event_type, ROW_NUMBER() OVER"
-            " (PARTITION BY d.recipe, d.destination ORDER BY d.id) AS lane_position"
-            " FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " (PARTITION BY d.recipe, d.destination ORDER BY d.next_attempt_at, d.id)"
+            " AS lane_position FROM deliveries d JOIN events e ON e.id = d.event_id"
             " WHERE d.status = 'pending' AND d.next_attempt_at <= ?)"
-            " WHERE lane_position <= ? ORDER BY id LIMIT ?",
+            " WHERE lane_position <= ? ORDER BY next_attempt_at, id LIMIT ?",
             [now, per_lane, limit],
         )
+
+    def hold_lane(self, recipe: str, destination: int, until: float) -> None:
+        """Nothing of this recipe destination goes before ``until`` (after a 429).
+
+        Its pending deliveries move to ``until``, where arrival order breaks the tie,
+        and routing queues new ones no earlier (``record_routing``).
+        """
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT INTO lanes (recipe, destination, held_until) VALUES (?, ?, ?)"
+                " ON CONFLICT(recipe, destination) DO UPDATE SET"
+                " held_until = MAX(held_until, excluded.held_until)",
+                [recipe, destination, until])
+            self.db.execute(
+                "UPDATE deliveries SET next_attempt_at = ? WHERE recipe = ? AND destination = ?"
+                " AND status = 'pending' AND next_attempt_at < ?",
+                [until, recipe, destination, until])
 
     def claim(self, ids: list[int], now: float | None = None) -> set[int]:
         """Mark these deliveries 'sending' if they are still pending; returns those marked."""

@@ -116,3 +116,34 @@ def test_a_plain_failure_does_not_hold_the_lane(
     assert [r.json()["reference"] for r in sink.received][:2] == ["A", "B"]
     rows = relay.rows("SELECT status FROM deliveries ORDER BY id")
     assert [r["status"] for r in rows] == ["pending", "delivered"]  # A waits, B is through
+
+
+def test_a_hold_is_kept_in_the_database(tmp_path: Path) -> None:
+    """Deliveries queued during a hold wait for it, then all go in order of arrival."""
+    from relay.store import Store
+
+    store = Store(tmp_path / "relay.db")
+    try:
+        def event() -> int:
+            _, event_id = store.insert_event(
+                source="quicket", platform="quicket", type="t", dedup_key=str(time.time_ns()),
+                is_test=False, headers={}, body=b"{}", matched=True)
+            return event_id
+
+        def queue(recipe: str = "crm") -> None:
+            store.record_routing(event(), [], [{"recipe": recipe, "destination": 0,
+                                                "dest_type": "http", "payload": {}}])
+
+        now = time.time()
+        queue()  # id 1: the one the destination told to wait
+        queue()  # id 2: queued before the 429
+        store.hold_lane("crm", 0, now + 60)
+        queue()  # id 3: queued during the hold
+        queue("other")  # another recipe's lane is not held
+        due_now = store.due_by_lane(time.time(), per_lane=10, limit=10)
+        assert [d["recipe"] for d in due_now] == ["other"]
+        later = store.due_by_lane(now + 61, per_lane=10, limit=10)
+        assert [(d["recipe"], d["id"]) for d in later] == [
+            ("other", 4), ("crm", 1), ("crm", 2), ("crm", 3)]
+    finally:
+        store.close()
