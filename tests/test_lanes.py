@@ -97,7 +97,9 @@ def test_a_wait_asked_for_holds_the_lane_in_order(
     wait_until(lambda: len(sink.received) >= 4)
     time.sleep(0.3)
     order = [r.json()["reference"] for r in sink.received]
-    assert order == ["A", "A", "B", "C"]
+    # Nothing overtook the held delivery. (B and C then go out side by side: an http
+    # lane sends up to 8 at once; strict order is for one-at-a-time vendor lanes.)
+    assert order[:2] == ["A", "A"] and sorted(order[2:]) == ["B", "C"]
     assert sink.received[1].at - sink.received[0].at >= 1.0
 
 
