@@ -1,9 +1,10 @@
 """``create_app(settings)``: the relay as an ASGI app.
 
 The lifespan opens the database (one writer thread), loads sources and recipes,
-and starts three background tasks: the router (stored events -> deliveries), the
-deliverer (deliveries -> destinations) and the watcher, which reloads the recipes
-folder when a file in it changes, so edits apply without a restart.
+and starts four background tasks: the router (stored events -> deliveries), the
+deliverer (deliveries -> destinations), the watcher, which reloads the recipes
+folder when a file in it changes, so edits apply without a restart, and retention,
+which prunes what is older than RELAY_RETENTION (relay/retention.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TypedDict
 
@@ -25,8 +26,11 @@ from starlette.routing import Route
 
 from .delivery import Deliverer
 from .destinations import DestinationContext, Pacers
+from .errors import ConfigError
 from .ingest import receive
+from .metrics import Metrics, metrics
 from .recipes import Recipes, load_recipes, recipe_files
+from .retention import Retention
 from .routing import Router
 from .secrets import SecretStore
 from .settings import Settings
@@ -73,24 +77,50 @@ def load_config(settings: Settings, secrets: SecretStore, pacers: Pacers | None 
     return Config(sources, recipes, stamp)
 
 
-class Runtime:
-    """Everything the running relay shares: settings, database, config, workers."""
+def secret_values(config: Config, secrets: SecretStore) -> set[str]:
+    """Every secret value relay holds: the sources', the recipes' and the stored ones."""
+    values: set[str] = set()
+    for source in config.sources.values():
+        if source.platform is not None:
+            values.update(source.platform.secrets)
+    for recipe in config.recipes.items:
+        values.update(recipe.secret_values)
+    for row in secrets.names():
+        with contextlib.suppress(ConfigError):
+            value = secrets.lookup(str(row["name"]))
+            if value:
+                values.add(value)
+    return values
 
-    def __init__(self, settings: Settings) -> None:
+
+class Runtime:
+    """Everything the running relay shares: settings, database, config, workers.
+
+    ``on_secrets``, if given, is told every secret value at start and after each
+    reload (``relay serve`` hides them in its log).
+    """
+
+    def __init__(self, settings: Settings,
+                 on_secrets: Callable[[Iterable[str]], None] | None = None) -> None:
         self.settings = settings
+        self.on_secrets = on_secrets
         self.writer = Writer(settings.db)
+        self.metrics = Metrics(settings.db)
         # A second connection for the event loop's own small reads (secrets at reload).
         self.reader = Store(settings.db)
         self.secrets = SecretStore(self.reader, settings)
         # Pacers outlive reloads: a vendor's rate limit does not reset when a recipe changes.
         self.pacers = Pacers()
         self.config = load_config(settings, self.secrets, self.pacers)
+        self._tell_secrets()
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=max(settings.concurrency, 10)),
             headers={"User-Agent": "relay"},
         )
         self.router = Router(self.writer, lambda: self.config.recipes, self._queued)
-        self.deliverer = Deliverer(self.writer, lambda: self.config.recipes, settings, self.client)
+        self.deliverer = Deliverer(self.writer, lambda: self.config.recipes, settings, self.client,
+                                   metrics=self.metrics)
+        self.retention = Retention(self.writer, settings)
         self.tasks: list[asyncio.Task[None]] = []
 
     def _queued(self) -> None:
@@ -98,7 +128,12 @@ class Runtime:
 
     def reload(self) -> Config:
         self.config = load_config(self.settings, self.secrets, self.pacers)
+        self._tell_secrets()
         return self.config
+
+    def _tell_secrets(self) -> None:
+        if self.on_secrets is not None:
+            self.on_secrets(secret_values(self.config, self.secrets))
 
     async def watch(self, interval: float = 1.0) -> None:
         while True:
@@ -110,7 +145,7 @@ class Runtime:
 
     def start(self) -> None:
         for name, coro in (("router", self.router.run()), ("deliverer", self.deliverer.run()),
-                           ("watcher", self.watch())):
+                           ("watcher", self.watch()), ("retention", self.retention.run())):
             task = asyncio.create_task(coro, name=f"relay-{name}")
             task.add_done_callback(_crashed)
             self.tasks.append(task)
@@ -165,10 +200,11 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
                         status_code=exc.status_code, headers=exc.headers)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings,
+               on_secrets: Callable[[Iterable[str]], None] | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        runtime = Runtime(settings)
+        runtime = Runtime(settings, on_secrets)
         runtime.start()
         try:
             yield {"runtime": runtime}
@@ -182,6 +218,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/hooks/{source}/", receive, methods=["POST"]),
             Route("/hooks/{source}/{token}", receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

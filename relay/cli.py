@@ -20,6 +20,7 @@ from click_default_group import DefaultGroup
 
 from .destinations import DestinationContext
 from .errors import ConfigError, MappingError, RelayError
+from .logs import SecretFilter, setup_logging
 from .recipes import check_messages, load_recipe, load_recipes, redact
 from .routing import Filtered, run_recipe
 from .secrets import SecretStore
@@ -70,36 +71,46 @@ def serve(recipes: Path | None, db: Path | None, host: str | None, port: int | N
     from .app import create_app
 
     settings = settings_from(recipes=recipes, db=db, host=host, port=port, data=data)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request URL at INFO; some URLs are secrets (a Slack webhook).
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    report_problems(settings)
-    click.echo(f"relay: webhooks go to http://{settings.host}:{settings.port}/hooks/<source>", err=True)
+    hidden = setup_logging(settings.log_format)
+    if settings.log_format == "json":  # every line of output is then one JSON object
+        say: Callable[[str], None] = logging.getLogger("relay").info
+    else:
+        say = lambda line: click.echo(f"relay: {line}", err=True)  # noqa: E731
+    report_problems(settings, say, hidden)
+    say(f"webhooks go to {settings.public_url}/hooks/<source>")
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again, which
     # would end the process "killed by SIGTERM" (exit -15/143) after a clean stop.
     # Exit 0 instead: a SIGTERM asks relay to stop, and relay stopped as asked.
     signal.signal(signal.SIGTERM, _stopped)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+    uvicorn.run(create_app(settings, on_secrets=hidden.update), host=settings.host, port=settings.port,
                 # uvicorn's access log would print Quicket's token (a secret) from the URL;
                 # relay logs each webhook itself, without it.
-                log_level="info", access_log=False, proxy_headers=False, server_header=False,
-                timeout_graceful_shutdown=10)
+                log_level="info", access_log=False, server_header=False,
+                # Behind a reverse proxy, the client's address and https come from its
+                # X-Forwarded-* headers, trusted only from the listed addresses.
+                proxy_headers=bool(settings.forwarded_allow_ips),
+                forwarded_allow_ips=settings.forwarded_allow_ips or None,
+                # None: uvicorn keeps the handlers setup_logging gave every logger.
+                log_config=None, timeout_graceful_shutdown=10)
 
 
 def _stopped(signum: int, frame: Any) -> None:
     sys.exit(0)
 
 
-def report_problems(settings: Settings) -> None:
+def report_problems(settings: Settings, say: Callable[[str], None], hidden: SecretFilter) -> None:
     """Print every configuration problem at start-up; relay still starts."""
+    from .app import Config, secret_values
+
     secrets = secret_store(settings)
     folder = Path(settings.recipes)
     sources = load_sources(folder, secrets.lookup)
     recipes = load_recipes(folder, sources, secrets.lookup, DestinationContext(Path(settings.data), settings))
+    hidden.update(secret_values(Config(sources, recipes), secrets))
     for line in check_messages(sources, recipes):
-        click.echo(f"relay: {line} (this part is disabled until fixed)", err=True)
-    click.echo(f"relay: {len(sources)} sources, {len(recipes.items)} recipes "
-               f"({sum(r.active for r in recipes.items)} active) in {folder}", err=True)
+        say(f"{line} (this part is disabled until fixed)")
+    say(f"{len(sources)} sources, {len(recipes.items)} recipes "
+        f"({sum(r.active for r in recipes.items)} active) in {folder}")
 
 
 @cli.command()
@@ -222,6 +233,56 @@ def replay(delivery_id: int | None, all_dead: bool, source: str | None, recipe: 
     click.echo(f"{len(ids)} deliveries queued again" + (f": {', '.join(map(str, ids[:20]))}"
                                                           + (" ..." if len(ids) > 20 else "")
                                                           if ids else "."))
+
+
+@cli.command()
+@click.argument("delivery_id", required=False, type=int)
+@click.option("--dead", "all_dead", is_flag=True, help="Dismiss every dead delivery not yet reviewed.")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="SQLite database file [env RELAY_DB; default ./relay.db]")
+def dismiss(delivery_id: int | None, all_dead: bool, db: Path | None) -> None:
+    """Mark a dead delivery as reviewed (one by id, or all with --dead) without sending it.
+
+    Dead deliveries are kept until reviewed; once dismissed they are removed with
+    their event after RELAY_RETENTION.
+    """
+    if (delivery_id is None) == (not all_dead):
+        raise click.UsageError("give a delivery id, or --dead to dismiss every dead delivery")
+    settings = settings_from(db=db)
+    if not Path(settings.db).exists():
+        raise click.ClickException(f"there is no database at {settings.db}")
+    store = Store(settings.db)
+    try:
+        ids = store.dismiss(delivery_id=delivery_id)
+    finally:
+        store.close()
+    if delivery_id is not None and not ids:
+        raise click.ClickException(
+            f"delivery {delivery_id} was not found, is not dead, or was already reviewed")
+    click.echo(f"{len(ids)} dead deliveries dismissed.")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="SQLite database file [env RELAY_DB; default ./relay.db]")
+def backup(path: Path, force: bool, db: Path | None) -> None:
+    """Copy the database to PATH; safe while relay runs.
+
+    To restore: stop relay, copy the backup over the database file, start relay.
+    Keep the secret key (data/secret.key or RELAY_SECRET_KEY) with it: stored
+    secrets cannot be read without it.
+    """
+    from .backup import backup as take_backup
+
+    settings = settings_from(db=db)
+    try:
+        result = take_backup(Path(settings.db), path, force=force)
+    except RelayError as e:
+        raise click.ClickException(e.message) from None
+    click.echo(f"Backed up {result.events} events to {result.path} "
+               f"({result.size / 2**20:.1f} MiB).")
 
 
 @cli.group()

@@ -27,6 +27,7 @@ import httpx
 
 from .destinations import DeliveryContext, Destination, Sent
 from .errors import DeliveryFailed, RelayError
+from .metrics import Metrics
 from .recipes import Recipes
 from .settings import Settings
 from .store import Store, Writer
@@ -108,8 +109,9 @@ class Deliverer:
     SCAN = 5000  # ... and in all
 
     def __init__(self, writer: Writer, recipes: Callable[[], Recipes], settings: Settings,
-                 client: httpx.AsyncClient) -> None:
+                 client: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
         self.writer = writer
+        self.metrics = metrics or Metrics()
         self.recipes = recipes
         self.settings = settings
         self.client = client
@@ -217,6 +219,7 @@ class Deliverer:
             outcomes = [DeliveryFailed(
                 f"relay hit an internal error sending this: {type(e).__name__}: {e}",
                 retryable=True)] * len(batch)
+        self.metrics.attempt_duration.labels(destination.type).observe(time.time() - started)
         await self._finish(key, batch, outcomes, started)
 
     async def fail_batch(self, key: tuple[str, int], batch: list[dict[str, Any]],
@@ -236,6 +239,10 @@ class Deliverer:
             holds = [r.next_at for r in results if r.hold and r.next_at]
             await self._record(batch, results, started, duration,
                                hold=(key, max(holds)) if holds else None)
+            now = time.time()
+            for delivery, result in zip(batch, results, strict=True):
+                self.metrics.attempted(delivery["dest_type"], result.outcome,
+                                       float(delivery["queued_at"]), now)
         finally:
             lane.in_flight -= 1
 

@@ -20,6 +20,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse
 
 from .errors import BadBody, BodyTooLarge, RelayError, StorageUnavailable
+from .metrics import UNKNOWN_SOURCE
 from .sources import Request, Source
 
 if TYPE_CHECKING:
@@ -112,9 +113,13 @@ async def receive(request: HttpRequest) -> JSONResponse:
     source: Source | None = None
     body = b""
     body_size = 0
+    # Only names from sources.yaml become labels: anyone can post to any path.
+    label = name if name in runtime.config.sources else UNKNOWN_SOURCE
+    count = runtime.metrics.received
 
     async def reject(error: RelayError, status: int | None = None) -> JSONResponse:
         code = status or error.status
+        count(label, "rejected", code)
         log.info("refused a webhook for %r: %s %s", name, code, error.message)
         try:
             await runtime.writer.run(lambda s: s.log_rejection(
@@ -136,6 +141,7 @@ async def receive(request: HttpRequest) -> JSONResponse:
         body = await read_body(request, runtime.settings.max_body)
         body_size = len(body)
     except ClientDisconnect:
+        count(label, "rejected", BadBody.status)
         return error_response(BadBody("The client went away before sending the whole body."))
     except RelayError as e:
         body_size = int(headers.get("content-length", "0") or 0) if e.status == 413 else 0
@@ -163,10 +169,12 @@ async def receive(request: HttpRequest) -> JSONResponse:
         # Not stored, so not accepted: ask the platform to send it again. OpenTicket
         # only retries on a 4xx, so its sources answer 429 instead of 503.
         log.error("could not store a webhook for %r: %s", name, e.message)
+        count(label, "rejected", source.retry_status)
         return error_response(StorageUnavailable(
             "relay could not store this event right now; send it again later."),
             source.retry_status)
     if status != "duplicate":
         runtime.router.wake.set()
+    count(label, status, 200)
     log.info("%s webhook %r from %r: event %d", status, described.type, name, event_id)
     return JSONResponse({"status": status, "event": event_id}, status_code=200)

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -38,6 +39,13 @@ def _duration(text: str) -> float:
         if t.endswith(unit):
             return float(t[: -len(unit)]) * factors[unit]
     return float(t)
+
+
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError(text)
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +84,12 @@ SETTINGS: tuple[Setting, ...] = (
             "How many deliveries may be in flight at once."),
     Setting("timestamp_tolerance", "RELAY_TIMESTAMP_TOLERANCE", 300.0, _duration,
             "How far a signed timestamp may be from now before the request is refused."),
+    Setting("retention", "RELAY_RETENTION", 30 * 86400.0, _duration,
+            "How long events, their deliveries and rejections are kept (e.g. 30d). Events "
+            "with a delivery still pending, or dead and not reviewed, are kept until it is."),
+    Setting("max_db_size", "RELAY_MAX_DB_SIZE", 2 * 1024**3, _size,
+            "When the database grows bigger than this (e.g. 2GiB), the oldest events that "
+            "nothing needs any more are removed early, even within RELAY_RETENTION."),
     # Vendors' API addresses: settings so that tests and private deployments can
     # point elsewhere.
     Setting("google_sheets_url", "RELAY_GOOGLE_SHEETS_URL", "https://sheets.googleapis.com", str,
@@ -90,6 +104,17 @@ SETTINGS: tuple[Setting, ...] = (
             "Airtable API base URL."),
     Setting("pipedrive_url", "RELAY_PIPEDRIVE_URL", "https://api.pipedrive.com/api/v2", str,
             "Pipedrive API base URL (or https://<company>.pipedrive.com/api/v2)."),
+    Setting("metrics_token", "RELAY_METRICS_TOKEN", None, str,
+            "When set, GET /metrics needs the header `Authorization: Bearer <token>`; "
+            "when unset, /metrics is public like /healthz."),
+    Setting("log_format", "RELAY_LOG_FORMAT", "text", _log_format,
+            "How `relay serve` logs: text (readable lines) or json (one JSON object a line)."),
+    Setting("forwarded_allow_ips", "RELAY_FORWARDED_ALLOW_IPS", "", str,
+            "Addresses of reverse proxies whose X-Forwarded-For/-Proto headers are trusted "
+            "(comma-separated, or * for any). Empty: forwarded headers are ignored."),
+    Setting("public_url", "RELAY_PUBLIC_URL", "", str,
+            "The address webhook senders use, e.g. https://relay.example.com (behind a proxy). "
+            "Empty means http://<host>:<port>."),
 )
 
 
@@ -108,12 +133,19 @@ class Settings:
     max_age: float = 86400.0
     concurrency: int = 16
     timestamp_tolerance: float = 300.0
+    retention: float = 30 * 86400.0
+    max_db_size: int = 2 * 1024**3
     google_sheets_url: str = "https://sheets.googleapis.com"
     google_token_url: str = ""
     hubspot_url: str = "https://api.hubapi.com"
     mailchimp_url: str = "https://{dc}.api.mailchimp.com/3.0"
     airtable_url: str = "https://api.airtable.com/v0"
     pipedrive_url: str = "https://api.pipedrive.com/api/v2"
+    metrics_token: str | None = None
+    log_format: str = "text"
+    forwarded_allow_ips: str = ""
+    #: where senders reach relay; ``validate`` fills it from host and port when empty
+    public_url: str = ""
 
     @classmethod
     def from_env(
@@ -156,7 +188,25 @@ class Settings:
             raise ConfigError(f"RELAY_PORT must be between 1 and 65535, not {self.port}.")
         if self.concurrency < 1:
             raise ConfigError("RELAY_CONCURRENCY must be at least 1.")
-        for name in ("delivery_timeout", "retry_base", "retry_max_delay", "max_age"):
+        for name in ("delivery_timeout", "retry_base", "retry_max_delay", "max_age",
+                     "retention", "max_db_size"):
             if getattr(self, name) <= 0:
                 env = next(s.env for s in SETTINGS if s.name == name)
                 raise ConfigError(f"{env} must be greater than zero.")
+        self.public_url = _public_url(self.public_url, self.host, self.port)
+
+
+def _public_url(url: str, host: str, port: int) -> str:
+    """The base address without a trailing slash; ``http://host:port`` when unset.
+
+    :raises ConfigError: unless it is an http(s) address without a path or query.
+    """
+    if not url.strip():
+        return f"http://{host}:{port}"
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/") \
+            or parts.query or parts.fragment:
+        raise ConfigError(
+            f"RELAY_PUBLIC_URL={url!r} is not valid: use the address senders reach relay at, "
+            "http:// or https:// and a host name only, e.g. https://relay.example.com")
+    return f"{parts.scheme}://{parts.netloc}"

@@ -14,13 +14,14 @@ failing job does not undo the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -145,6 +146,28 @@ def _lane_holds(db: Database) -> None:
     )
 
 
+@migrations(name="003_reviewed")
+def _reviewed(db: Database) -> None:
+    # A dead delivery waits for a person; once reviewed (dismissed or replayed) it
+    # may be pruned with its event like a delivered one.
+    db.execute("ALTER TABLE deliveries ADD COLUMN reviewed_at REAL")
+    # Deleting an event checks (foreign key) that no redelivery points at it:
+    # without this index, each check would read the whole events table.
+    db.execute("CREATE INDEX events_duplicate_of ON events(duplicate_of)"
+               " WHERE duplicate_of IS NOT NULL")
+
+
+@migrations(name="004_incremental_vacuum", transactional=False)
+def _incremental_vacuum(db: Database) -> None:
+    # Pruning frees pages; with incremental auto-vacuum they can be given back to
+    # the file system in small steps. A database made before this needs one full
+    # VACUUM to switch (once, at the first start after the upgrade).
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        return
+    db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    db.execute("VACUUM")
+
+
 def connect(path: Path | str) -> Database:
     """Open (creating if needed) the database and bring its schema up to date."""
     path = Path(path)
@@ -153,6 +176,9 @@ def connect(path: Path | str) -> Database:
     conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
     db = Database(conn)
     db.execute("PRAGMA busy_timeout = 30000")
+    if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0:
+        # Only before the first table: a new file gets incremental vacuum for free.
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
     db.enable_wal()
     db.execute("PRAGMA synchronous = FULL")
     db.execute("PRAGMA foreign_keys = ON")
@@ -173,6 +199,25 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A transaction that takes the write lock first (waiting for it if need be).
+
+        A plain BEGIN that reads, then writes, fails at once with "database is
+        locked" when another connection (the running relay) committed in between.
+        """
+        if self.db.conn.in_transaction:  # on the writer: already ours
+            with self.db.atomic():
+                yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def writable(self) -> bool:
         try:
@@ -360,9 +405,10 @@ class Store:
                 "UPDATE deliveries SET status = ?, attempts = ?, updated_at = ?,"
                 " next_attempt_at = COALESCE(?, next_attempt_at),"
                 " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END,"
-                " last_error = ?, last_status_code = ? WHERE id = ?",
+                " last_error = ?, last_status_code = ?,"
+                " reviewed_at = CASE WHEN ? = 'dead' THEN NULL ELSE reviewed_at END WHERE id = ?",
                 [status, number, now, next_attempt_at, outcome, now, error, status_code,
-                 delivery_id],
+                 outcome, delivery_id],
             )
 
     def replay(
@@ -392,7 +438,7 @@ class Store:
         if since is not None:
             where.append("d.queued_at >= ?")
             params.append(since)
-        with self.db.atomic():
+        with self._writing():
             ids = [r["id"] for r in self.rows(
                 "SELECT d.id FROM deliveries d JOIN events e ON e.id = d.event_id WHERE "
                 + " AND ".join(where) + " ORDER BY d.id", params)]
@@ -400,11 +446,95 @@ class Store:
                 chunk = ids[chunk_start:chunk_start + 500]
                 marks = ",".join("?" * len(chunk))
                 self.db.execute(
+                    # Replaying is a review: should it die again, that is a new death
+                    # (record_attempt clears reviewed_at) and waits for a person again.
                     "UPDATE deliveries SET status = 'pending', queued_at = ?, next_attempt_at = ?,"
-                    f" updated_at = ? WHERE id IN ({marks})",
-                    [now, now, now, *chunk],
+                    f" updated_at = ?, reviewed_at = ? WHERE id IN ({marks})",
+                    [now, now, now, now, *chunk],
                 )
         return ids
+
+    def dismiss(self, *, delivery_id: int | None = None, now: float | None = None) -> list[int]:
+        """Mark dead deliveries reviewed (one, or every unreviewed one); returns their ids.
+
+        A reviewed dead delivery is kept for the retention, then pruned with its event.
+        """
+        now = time.time() if now is None else now
+        where, params = "status = 'dead' AND reviewed_at IS NULL", [now]
+        if delivery_id is not None:
+            where += " AND id = ?"
+            params.append(delivery_id)
+        with self.db.atomic():
+            cursor = self.db.execute(
+                f"UPDATE deliveries SET reviewed_at = ? WHERE {where} RETURNING id", params)
+            return sorted(int(row[0]) for row in cursor.fetchall())
+
+    # --- retention --------------------------------------------------------------
+
+    # An event may go only when nothing still needs it: it was routed, and each of
+    # its deliveries was delivered or is dead and reviewed by a person.
+    _PRUNABLE = (
+        "e.routed_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM deliveries d"
+        " WHERE d.event_id = e.id AND (d.status IN ('pending', 'sending')"
+        " OR (d.status = 'dead' AND d.reviewed_at IS NULL)))"
+    )
+
+    def last_event_before(self, cutoff: float) -> int:
+        """The highest event id received before ``cutoff`` (0 when none)."""
+        row = self.one("SELECT MAX(id) AS id FROM events WHERE received_at < ?", [cutoff])
+        return int(row["id"]) if row and row["id"] is not None else 0
+
+    def prune_events(self, after_id: int, up_to_id: int, limit: int) -> tuple[int, int]:
+        """Delete up to ``limit`` prunable events with ids in (after_id, up_to_id].
+
+        Their routes, deliveries and attempts go too, and the redeliveries
+        recorded as their duplicates. Returns ``(events deleted, last id looked
+        at)``; the last id is where the next batch starts.
+        """
+        ids = [int(r[0]) for r in self.db.execute(
+            f"SELECT e.id FROM events e WHERE e.id > ? AND e.id <= ? AND {self._PRUNABLE}"
+            " ORDER BY e.id LIMIT ?", [after_id, up_to_id, limit]).fetchall()]
+        if not ids:
+            return 0, up_to_id
+        with self.db.atomic():
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS _prune(id INTEGER PRIMARY KEY)")
+            self.db.execute("DELETE FROM _prune")
+            self.db.conn.executemany("INSERT INTO _prune VALUES (?)", [(i,) for i in ids])
+            self.db.execute(
+                "DELETE FROM attempts WHERE delivery_id IN (SELECT d.id FROM deliveries d"
+                " JOIN _prune p ON p.id = d.event_id)")
+            self.db.execute("DELETE FROM deliveries WHERE event_id IN (SELECT id FROM _prune)")
+            self.db.execute("DELETE FROM routes WHERE event_id IN (SELECT id FROM _prune)")
+            self.db.execute("DELETE FROM events WHERE duplicate_of IN (SELECT id FROM _prune)")
+            deleted = self.db.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM _prune)").rowcount
+            self.db.execute("DELETE FROM _prune")
+        return deleted, ids[-1]
+
+    def prune_rejections(self, cutoff: float, limit: int) -> int:
+        """Delete up to ``limit`` rejections received before ``cutoff``; returns how many."""
+        return self.db.execute(
+            "DELETE FROM rejections WHERE id IN (SELECT id FROM rejections"
+            " WHERE received_at < ? ORDER BY id LIMIT ?)", [cutoff, limit]).rowcount
+
+    def size(self) -> tuple[int, int]:
+        """``(bytes in use, bytes free inside the file)``."""
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * page_size, free * page_size
+
+    def reclaim(self, pages: int) -> int:
+        """Give up to ``pages`` free pages back to the file system; returns how many are left.
+
+        Does nothing on a database without incremental auto-vacuum.
+        """
+        free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
+        # Python's sqlite3 steps a statement without result columns once, and each
+        # step of incremental_vacuum frees one page: hence one statement per page.
+        for _ in range(min(pages, free)):
+            self.db.conn.execute("PRAGMA incremental_vacuum(1)").close()
+        return int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
 
     # --- secrets ----------------------------------------------------------------
 
