@@ -264,6 +264,10 @@ class RelayServer:
         finally:
             store.close()
 
+    def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
+        """Every recorded attempt of one delivery, in order."""
+        return self.rows("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])
+
     def stop(self) -> None:
         self.client.close()
         self.server.should_exit = True

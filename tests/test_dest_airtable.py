@@ -108,9 +108,6 @@ def settled(relay: RelayServer, count: int, status: str | None = None,
     return wait_until(check, timeout=timeout)  # type: ignore[no-any-return]
 
 
-def attempts(relay: RelayServer, delivery_id: int) -> list[dict[str, Any]]:
-    return relay.rows("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])
-
 
 def people(n: int, start: int = 0) -> list[tuple[str, str, str, Any]]:
     return [(f"First{i}", f"Last{i}", f"runner{i}@example.com", 40 + i) for i in range(start, start + n)]
@@ -135,7 +132,7 @@ def test_registrants_become_records(start: Callable[..., RelayServer], fake: Fak
         assert body["performUpsert"] == {"fieldsToMergeOn": ["Email"]} and body["typecast"] is True
         assert write.headers["authorization"] == f"Bearer {fake.token}"
     # each delivery keeps its own record, as Airtable answered it
-    ids = [json.loads(attempts(relay, d["id"])[-1]["response_body"])["id"] for d in deliveries]
+    ids = [json.loads(relay.attempts(d["id"])[-1]["response_body"])["id"] for d in deliveries]
     assert len(set(ids)) == 2 and all(i.startswith("rec") for i in ids)
 
 
@@ -209,7 +206,7 @@ def test_unknown_field_is_dead_with_airtables_message(start: Callable[..., Relay
         assert d["attempts"] == 1 and d["last_status_code"] == 422
         assert 'Unknown field name: "Shirt"' in d["last_error"] and "UNKNOWN_FIELD_NAME" in d["last_error"]
         assert f"table {TABLE!r}" in d["last_error"]
-        [attempt] = attempts(relay, d["id"])
+        [attempt] = relay.attempts(d["id"])
         assert attempt["outcome"] == "dead" and "UNKNOWN_FIELD_NAME" in attempt["response_body"]
     assert fake.rows(BASE, TABLE) == []
     assert len(fake.writes()) == 1  # both records had the field: nothing to try again without it
@@ -239,7 +236,7 @@ def test_a_429_while_looking_for_the_bad_record_holds_them_all(start: Callable[.
     assert [r["status"] for r in rows] == ["pending"] * 3
     assert {r["last_status_code"] for r in rows} == {429}
     assert all(r["next_attempt_at"] - a["started_at"] >= 30.0
-               for r in rows for a in attempts(relay, r["id"]))
+               for r in rows for a in relay.attempts(r["id"]))
     assert len(fake.writes()) == 2  # the batch, then the first record alone: then it stopped to wait
     assert fake.rows(BASE, TABLE) == []
 
@@ -275,7 +272,7 @@ def test_429_is_retried_after_the_30_s_airtable_requires(start: Callable[..., Re
         rows = relay.rows("SELECT * FROM deliveries WHERE attempts = 1 AND status = 'pending'")
         return rows[0] if rows else None
     delivery = wait_until(retried)
-    [attempt] = attempts(relay, delivery["id"])
+    [attempt] = relay.attempts(delivery["id"])
     assert attempt["outcome"] == "retry" and attempt["status_code"] == 429
     assert delivery["next_attempt_at"] - attempt["started_at"] >= 30.0
     assert "relay waits 30 s" in delivery["last_error"]

@@ -102,9 +102,6 @@ def settled(relay: RelayServer, count: int, status: str, timeout: float = 20) ->
                       timeout=timeout)
 
 
-def attempts(relay: RelayServer, delivery_id: int) -> list[dict[str, Any]]:
-    return relay.rows("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])
-
 
 @pytest.fixture
 def start(make_relay: Callable[..., RelayServer], google: FakeGoogle,
@@ -144,7 +141,7 @@ def test_rows_land_under_their_column_names(start: Callable[..., RelayServer], g
     assert appends[0].query == {"valueInputOption": ["USER_ENTERED"], "insertDataOption": ["INSERT_ROWS"]}
     assert google.token_requests == 1  # one token for both
     assert all(d["last_status_code"] == 200 and d["attempts"] == 1 for d in done)
-    [attempt] = attempts(relay, done[1]["id"])
+    [attempt] = relay.attempts(done[1]["id"])
     assert json.loads(attempt["response_body"])["updates"]["updatedRange"] == "'Sheet1'!A3:I3"
 
 
@@ -216,7 +213,7 @@ def test_a_sheet_not_shared_is_dead_and_names_the_service_account(
     error = dead["last_error"]
     assert f"share the spreadsheet with {info['client_email']} (as Editor)" in error
     assert "The caller does not have permission" in error  # Google's own words
-    [attempt] = attempts(relay, dead["id"])
+    [attempt] = relay.attempts(dead["id"])
     assert attempt["outcome"] == "dead"
     assert json.loads(attempt["response_body"])["error"]["status"] == "PERMISSION_DENIED"
 
@@ -251,7 +248,7 @@ def test_429_waits_a_full_minute(start: Callable[..., RelayServer], google: Fake
 
     post(relay, ticket(1))
     [delivery] = wait_until(lambda: [d for d in deliveries(relay) if d["attempts"] == 1])
-    [attempt] = attempts(relay, delivery["id"])
+    [attempt] = relay.attempts(delivery["id"])
     assert (attempt["outcome"], attempt["status_code"]) == ("retry", 429)
     assert delivery["status"] == "pending"
     assert delivery["next_attempt_at"] - attempt["started_at"] >= 60  # Google sends no Retry-After

@@ -97,9 +97,6 @@ def settled(relay: RelayServer, count: int, timeout: float = 30) -> list[dict[st
     return wait_until(check, timeout=timeout)  # type: ignore[no-any-return]
 
 
-def attempts(relay: RelayServer, delivery_id: int) -> list[dict[str, Any]]:
-    return relay.rows("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])
-
 
 def upserts(fake: FakeHubSpot) -> list[list[dict[str, Any]]]:
     """The inputs of every batch upsert the fake received, in order."""
@@ -143,7 +140,7 @@ def test_a_sale_creates_a_contact_and_the_next_sale_updates_it(
     assert item["properties"] == {"email": "Ann.Lee@Example.com", "firstname": "Ann",
                                   "lastname": "Lee", "ticket_id": "T-1"}
     # what HubSpot answered is kept on each delivery: created, then updated
-    answers = [json.loads(attempts(relay, r["id"])[0]["response_body"])["contact"] for r in rows]
+    answers = [json.loads(relay.attempts(r["id"])[0]["response_body"])["contact"] for r in rows]
     assert [(a["id"], a["new"]) for a in answers] == [(contact["id"], True), (contact["id"], False)]
     assert first[0]["last_status_code"] == 200
 
@@ -165,7 +162,7 @@ def test_two_sales_for_one_email_in_one_batch_become_one_input(
     bea = fake.contact("bea@example.com")["properties"]
     assert (bea["firstname"], bea["lastname"], bea["ticket_id"]) == ("Beatrix", "Two", "T-3")
     # both of Bea's deliveries carry the contact HubSpot saved
-    bodies = [json.loads(attempts(relay, r["id"])[0]["response_body"]) for r in rows]
+    bodies = [json.loads(relay.attempts(r["id"])[0]["response_body"]) for r in rows]
     assert bodies[1]["contact"]["id"] == bodies[3]["contact"]["id"] == fake.contact("bea@example.com")["id"]
 
 
@@ -185,7 +182,7 @@ def test_a_deal_is_created_and_associated_with_the_contact(
         {"dealname": f"My Tech Conference ticket T-{n}", "amount": "25.5",
          "pipeline": "default", "dealstage": "closedwon"} for n in (1, 2)]
     assert [d["contact_ids"] for d in fake.deals] == [[contact["id"]], [contact["id"]]]
-    body = json.loads(attempts(relay, rows[0]["id"])[0]["response_body"])
+    body = json.loads(relay.attempts(rows[0]["id"])[0]["response_body"])
     assert body["deal"]["id"] == fake.deals[0]["id"] and body["contact"]["id"] == contact["id"]
     assert rows[0]["last_status_code"] == 201
 
@@ -214,7 +211,7 @@ def test_an_unknown_property_is_dead_with_hubspots_message(
     assert row["status"] == "dead" and row["attempts"] == 1 and row["last_status_code"] == 400
     assert row["last_error"].startswith('HubSpot refused the contact: Property "shoe_size" does not exist.')
     assert "Settings > Properties" in row["last_error"]
-    [attempt] = attempts(relay, row["id"])
+    [attempt] = relay.attempts(row["id"])
     assert json.loads(attempt["response_body"])["category"] == "VALIDATION_ERROR"
     assert fake.contacts == {}
     time.sleep(0.5)
@@ -295,7 +292,7 @@ def test_a_429_waits_out_hubspots_ten_second_window(
     sale(relay, 1, "rita@example.com")
     [row] = settled(relay, 1, timeout=WINDOW_WAIT + 20)
     assert row["status"] == "delivered"
-    first, second = attempts(relay, row["id"])
+    first, second = relay.attempts(row["id"])
     assert (first["outcome"], first["status_code"]) == ("retry", 429)
     assert "rate limit" in first["error"] and "10 s" in first["error"]
     # scheduled the window's length out (no Retry-After from HubSpot), and waited for it

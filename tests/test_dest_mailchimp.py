@@ -67,9 +67,6 @@ def settled(relay: RelayServer, event_id: int, count: int) -> list[dict[str, Any
     return wait_until(check, timeout=30)  # type: ignore[no-any-return]
 
 
-def attempts(relay: RelayServer, delivery_id: int) -> list[dict[str, Any]]:
-    return relay.rows("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])
-
 
 def md5(email: str) -> str:
     return hashlib.md5(email.lower().encode()).hexdigest()
@@ -142,7 +139,7 @@ def test_unsubscribed_or_forgotten_people_are_dead_with_mailchimps_reason(
     assert "Forgotten Email Not Subscribed" in forgotten["last_error"]
     assert "permanently deleted and cannot be re-imported" in forgotten["last_error"]
     assert "asked to be forgotten" in forgotten["last_error"]
-    [attempt] = attempts(shipped, compliance["id"])
+    [attempt] = shipped.attempts(compliance["id"])
     assert attempt["outcome"] == "dead"
     assert json.loads(attempt["response_body"])["title"] == "Member In Compliance State"
     assert fake.members[AUDIENCE] == {}
@@ -186,7 +183,7 @@ def test_429_is_retried_after_a_short_wait(shipped: RelayServer, fake: FakeMailc
                            "You have exceeded the limit of 10 simultaneous connections."))
     [row] = settled(shipped, post(shipped, tickets=BASE["tickets"][:1]), 1)
     assert row["status"] == "delivered", row["last_error"]
-    first, second = attempts(shipped, row["id"])
+    first, second = shipped.attempts(row["id"])
     assert (first["outcome"], first["status_code"]) == ("retry", 429)
     assert "10 simultaneous connections" in first["error"]
     # the retry was scheduled the documented wait after the refused attempt
@@ -205,7 +202,7 @@ def test_5xx_is_retried(shipped: RelayServer, fake: FakeMailchimp) -> None:
                                 "detail": "Try again shortly."}, content_type="application/problem+json"))
     [row] = settled(shipped, post(shipped, tickets=BASE["tickets"][:1]), 1)
     assert row["status"] == "delivered"
-    first, _ = attempts(shipped, row["id"])
+    first, _ = shipped.attempts(row["id"])
     assert first["outcome"] == "retry" and "Try again shortly." in first["error"]
     assert fake.member(THANDI) is not None
 

@@ -73,9 +73,6 @@ def settled(relay: RelayServer, count: int, status: str | None = None,
     return wait_until(check, timeout=timeout)  # type: ignore[no-any-return]
 
 
-def attempts(relay: RelayServer, delivery_id: int) -> list[dict[str, Any]]:
-    return relay.rows("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])
-
 
 SEARCH = ("GET", "/api/v2/persons/search")
 ADD = ("POST", "/api/v2/persons")
@@ -99,7 +96,7 @@ def test_a_new_buyer_becomes_a_person(start: Callable[..., RelayServer], fake: F
     search = fake.requests[0]
     assert search.query == {"term": ["sanne.devries@example.nl"], "fields": ["email"], "exact_match": ["true"]}
     assert all(r.headers["x-api-token"] == fake.token for r in fake.requests)
-    [attempt] = attempts(relay, delivery["id"])
+    [attempt] = relay.attempts(delivery["id"])
     assert attempt["status_code"] == 201 and json.loads(attempt["response_body"])["data"]["id"] == person["id"]
 
 
@@ -127,7 +124,7 @@ def test_several_persons_with_the_email_update_the_oldest(start: Callable[..., R
     assert fake.persons[older]["name"] == "Sanne de Vries"
     assert fake.persons[newer]["name"] == "Sanne dV"
     assert fake.calls() == [SEARCH, update(older)]
-    [attempt] = attempts(relay, delivery["id"])
+    [attempt] = relay.attempts(delivery["id"])
     assert attempt["response_body"].startswith(
         f"updated person {older}; 2 persons in Pipedrive have the email sanne.devries@example.nl "
         f"(ids {older}, {newer}); relay updated the oldest, {older}")
@@ -153,7 +150,7 @@ def test_search_lag_does_not_make_a_second_person(start: Callable[..., RelayServ
     [person] = fake.with_email("sanne.devries@example.nl")
     assert person["name"] == "Sanne de Vries-Bakker"
     assert fake.calls() == [SEARCH, ADD, SEARCH, update(person["id"])]
-    assert "did not find sanne.devries@example.nl yet" in attempts(relay, second["id"])[0]["response_body"]
+    assert "did not find sanne.devries@example.nl yet" in relay.attempts(second["id"])[0]["response_body"]
 
 
 # --- refused -----------------------------------------------------------------------------
@@ -215,7 +212,7 @@ def test_a_429_is_retried_after_the_window(start: Callable[..., RelayServer], fa
     relay = start()
     order(relay)
     [delivery] = settled(relay, 1, "delivered")
-    tried = attempts(relay, delivery["id"])
+    tried = relay.attempts(delivery["id"])
     assert [(a["outcome"], a["status_code"]) for a in tried] == [("retry", 429), ("delivered", 201)]
     assert "Pipedrive is rate limiting this API token (Pipedrive says: Request over limit)" in tried[0]["error"]
     first, second = fake.requests[0], fake.requests[1]
@@ -229,7 +226,7 @@ def test_a_503_is_retried(start: Callable[..., RelayServer], fake: FakePipedrive
     fake.fail_next(Answer(503, {"success": False, "error": "Service unavailable"}))
     order(relay)
     [delivery] = settled(relay, 1, "delivered")
-    assert [a["status_code"] for a in attempts(relay, delivery["id"])] == [503, 201]
+    assert [a["status_code"] for a in relay.attempts(delivery["id"])] == [503, 201]
     assert len(fake.persons) == 1
 
 

@@ -70,9 +70,6 @@ def settled(relay: RelayServer, event_id: int, count: int = 1) -> list[dict[str,
     return wait_until(check, timeout=30)  # type: ignore[no-any-return]
 
 
-def attempts(relay: RelayServer, delivery_id: int) -> list[dict[str, Any]]:
-    return relay.rows("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])
-
 
 def assert_url_nowhere(relay: RelayServer) -> None:
     """Neither the webhook URL nor its token is in any delivery or attempt."""
@@ -91,7 +88,7 @@ def test_each_sale_is_a_message(shipped: RelayServer, fake: FakeSlack) -> None:
         "thandi.nkosi@example.com)"]
     [request] = fake.requests
     assert request.method == "POST" and request.path == f"/services/T0001/B0002/{TOKEN}"
-    assert attempts(shipped, row["id"])[0]["response_body"] == "ok"
+    assert shipped.attempts(row["id"])[0]["response_body"] == "ok"
     assert_url_nowhere(shipped)
 
 
@@ -138,7 +135,7 @@ def test_archived_channel_is_dead_with_slacks_reason(shipped: RelayServer, fake:
     assert "channel_is_archived" in row["last_error"]
     assert "the channel was archived" in row["last_error"]
     assert "make a new incoming webhook" in row["last_error"]
-    [attempt] = attempts(shipped, row["id"])
+    [attempt] = shipped.attempts(row["id"])
     assert attempt["outcome"] == "dead" and attempt["response_body"] == "channel_is_archived"
     assert fake.messages == []
     assert_url_nowhere(shipped)
@@ -169,7 +166,7 @@ def test_429_retry_after_is_honoured(shipped: RelayServer, fake: FakeSlack) -> N
     fake.fail_next(plain(429, "rate_limited", {"Retry-After": "1"}))
     [row] = settled(shipped, post(shipped))
     assert row["status"] == "delivered", row["last_error"]
-    first, second = attempts(shipped, row["id"])
+    first, second = shipped.attempts(row["id"])
     assert (first["outcome"], first["status_code"]) == ("retry", 429)
     assert "rate_limited" in first["error"]
     assert second["outcome"] == "delivered"

@@ -65,9 +65,6 @@ def settled(relay: RelayServer, delivery_id: int, status: str,
     return wait_until(check, timeout=timeout)  # type: ignore[no-any-return]
 
 
-def attempts(relay: RelayServer, delivery_id: int) -> list[dict[str, Any]]:
-    return relay.rows("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])
-
 
 @pytest.fixture
 def crm(make_relay: Callable[..., RelayServer], tmp_path: Path, sink: Sink) -> RelayServer:
@@ -85,7 +82,7 @@ def test_503_twice_then_200(crm: RelayServer, sink: Sink) -> None:
     assert crm.rows("SELECT COUNT(*) AS n FROM deliveries") == [{"n": 1}]
     assert delivery["attempts"] == 3
     assert delivery["last_status_code"] == 200 and delivery["last_error"] is None
-    tried = attempts(crm, delivery["id"])
+    tried = crm.attempts(delivery["id"])
     assert [(a["number"], a["outcome"], a["status_code"]) for a in tried] == [
         (1, "retry", 503), (2, "retry", 503), (3, "delivered", 200)]
     assert "503" in tried[0]["error"] and tried[0]["response_body"] == '{"error":"busy"}'
@@ -104,7 +101,7 @@ def test_429_retry_after_seconds_is_honoured(crm: RelayServer, sink: Sink) -> No
     delivery = settled(crm, delivery_of(crm, event_id)["id"], "delivered")
     first, second = sink.received
     assert second.at - first.at >= 2.0
-    assert [(a["outcome"], a["status_code"]) for a in attempts(crm, delivery["id"])] == [
+    assert [(a["outcome"], a["status_code"]) for a in crm.attempts(delivery["id"])] == [
         ("retry", 429), ("delivered", 200)]
 
 
@@ -140,7 +137,7 @@ def test_connection_refused_is_retried_not_dead(make_relay: Callable[..., RelayS
     relay = make_relay()
     event_id = post(relay)
     delivery_id = delivery_of(relay, event_id)["id"]
-    tried = wait_until(lambda: (rows := attempts(relay, delivery_id)) and len(rows) >= 3 and rows)
+    tried = wait_until(lambda: (rows := relay.attempts(delivery_id)) and len(rows) >= 3 and rows)
     assert {a["outcome"] for a in tried} == {"retry"}
     assert all(a["status_code"] is None for a in tried)
     assert "could not connect to 127.0.0.1" in tried[0]["error"]
@@ -158,12 +155,12 @@ def test_max_age_gives_up(make_relay: Callable[..., RelayServer], tmp_path: Path
     delivery = settled(relay, delivery_of(relay, event_id)["id"], "dead")
     assert "gave up" in delivery["last_error"]
     assert "HTTP 503" in delivery["last_error"]  # and why it kept failing
-    tried = attempts(relay, delivery["id"])
+    tried = relay.attempts(delivery["id"])
     assert len(tried) >= 2
     assert [a["outcome"] for a in tried] == ["retry"] * (len(tried) - 1) + ["dead"]
     assert {a["status_code"] for a in tried} == {503}
     time.sleep(0.6)
-    assert len(attempts(relay, delivery["id"])) == len(tried)  # dead means no more attempts
+    assert len(relay.attempts(delivery["id"])) == len(tried)  # dead means no more attempts
 
 
 # --- dead, then replayed ------------------------------------------------------------
@@ -177,7 +174,7 @@ def test_400_is_dead_at_once_and_replay_brings_it_back(crm: RelayServer, sink: S
     assert delivery["attempts"] == 1
     assert delivery["last_status_code"] == 400
     assert delivery["last_error"].startswith("HTTP 400: the destination refused the request")
-    [attempt] = attempts(crm, delivery["id"])
+    [attempt] = crm.attempts(delivery["id"])
     assert attempt["outcome"] == "dead" and attempt["status_code"] == 400
     assert attempt["response_body"] == error.decode()
     assert json.loads(attempt["response_headers"])["content-type"] == "application/json"
@@ -190,7 +187,7 @@ def test_400_is_dead_at_once_and_replay_brings_it_back(crm: RelayServer, sink: S
     assert f"1 deliveries queued again: {delivery['id']}" in result.output
     delivery = settled(crm, delivery["id"], "delivered")
     assert delivery["attempts"] == 2 and delivery["last_error"] is None
-    assert [(a["number"], a["outcome"], a["status_code"]) for a in attempts(crm, delivery["id"])] == [
+    assert [(a["number"], a["outcome"], a["status_code"]) for a in crm.attempts(delivery["id"])] == [
         (1, "dead", 400), (2, "delivered", 200)]
     first, second = sink.received
     assert first.headers["idempotency-key"] == second.headers["idempotency-key"]
