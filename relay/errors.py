@@ -16,7 +16,16 @@ class RelayError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.message = message
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    @message.setter
+    def message(self, value: str) -> None:
+        # Kept in args, so a reworded error (secrets redacted, a vendor's words added)
+        # prints the same everywhere.
+        self.args = (value, *self.args[1:])
 
 
 # --- ingest: a request that cannot become an event ------------------------------

@@ -233,7 +233,6 @@ def load_recipe(path: Path, folder: Path, sources: Sources, lookup: Lookup,
             recipe.source = data["source"]
         # A resolved secret can end up in a message (a url that is not a URL).
         e.message = redact(e.message, secrets.used)
-        e.args = (e.message,)
         recipe.error = e
         recipe.to = []
     recipe.secret_values = frozenset(secrets.used)

@@ -343,5 +343,4 @@ class AirtableDestination(BatchDestination):
         else:
             text = f"HTTP {code}: Airtable refused the request{said}."
         failure.message = text
-        failure.args = (text,)
         return failure

@@ -379,5 +379,4 @@ class PipedriveDestination(Destination):
         else:
             text = f"HTTP {code}: Pipedrive refused to {action}{said_text}."
         failure.message = text
-        failure.args = (text,)
         return failure
