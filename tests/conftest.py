@@ -264,6 +264,16 @@ class RelayServer:
         finally:
             store.close()
 
+    def settled(self, count: int, status: str | None = None,
+                timeout: float = 20) -> list[dict[str, Any]]:
+        """Wait until there are ``count`` deliveries, all finished (or all ``status``)."""
+        def check() -> list[dict[str, Any]] | None:
+            rows = self.rows("SELECT * FROM deliveries ORDER BY id")
+            done = [r for r in rows
+                    if (r["status"] == status if status else r["status"] in ("delivered", "dead"))]
+            return rows if len(rows) == count and len(done) == count else None
+        return wait_until(check, timeout=timeout)  # type: ignore[no-any-return]
+
     def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
         """Every recorded attempt of one delivery, in order."""
         return self.rows("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])

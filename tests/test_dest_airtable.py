@@ -98,15 +98,6 @@ def post(relay: RelayServer, body: bytes) -> int:
     return int(response.json()["event"])
 
 
-def settled(relay: RelayServer, count: int, status: str | None = None,
-            timeout: float = 20) -> list[dict[str, Any]]:
-    """Wait until ``count`` deliveries are no longer pending (or all have ``status``)."""
-    def check() -> list[dict[str, Any]] | None:
-        rows = relay.rows("SELECT * FROM deliveries ORDER BY id")
-        done = [r for r in rows if (r["status"] == status if status else r["status"] in ("delivered", "dead"))]
-        return rows if len(rows) == count and len(done) == count else None
-    return wait_until(check, timeout=timeout)  # type: ignore[no-any-return]
-
 
 
 def people(n: int, start: int = 0) -> list[tuple[str, str, str, Any]]:
@@ -119,7 +110,7 @@ def people(n: int, start: int = 0) -> list[tuple[str, str, str, Any]]:
 def test_registrants_become_records(start: Callable[..., RelayServer], fake: FakeAirtable) -> None:
     relay = start()
     post(relay, sample("webconnex/registration.json"))
-    deliveries = settled(relay, 2, "delivered")
+    deliveries = relay.settled(2, "delivered")
     assert fake.rows(BASE, TABLE) == [
         {"Email": "maria.lopez@example.com", "First name": "Maria", "Last name": "Lopez",
          "Order": "TRAIL25-0000412", "Amount": 65.0, "Form": "relay"},
@@ -140,9 +131,9 @@ def test_same_registrant_again_updates_the_one_record(start: Callable[..., Relay
                                                       fake: FakeAirtable) -> None:
     relay = start()
     post(relay, registration(1, [("Maria", "Lopez", "maria@example.com", 65)]))
-    settled(relay, 1, "delivered")
+    relay.settled(1, "delivered")
     post(relay, registration(2, [("Maria", "Lopez-Diaz", "maria@example.com", None)]))
-    settled(relay, 2, "delivered")
+    relay.settled(2, "delivered")
     assert fake.rows(BASE, TABLE) == [  # no amount this time: the one the table has stays
         {"Email": "maria@example.com", "First name": "Maria", "Last name": "Lopez-Diaz",
          "Order": "TRAIL25-0000002", "Amount": 65, "Form": "relay"}]
@@ -161,7 +152,7 @@ def test_same_email_twice_in_one_batch_becomes_one_record(start: Callable[..., R
     relay = start()
     post(relay, registration(1, [("Ann", "Old", "ann@example.com", 10), ("Bob", "B", "bob@example.com", 20),
                                  ("Ann", "New", "ann@example.com", 30)]))
-    settled(relay, 3, "delivered")
+    relay.settled(3, "delivered")
     assert fake.rows(BASE, TABLE) == [
         {"Email": "ann@example.com", "First name": "Ann", "Last name": "New", "Order": "TRAIL25-0000001",
          "Amount": 30, "Form": "relay"},
@@ -177,7 +168,7 @@ def test_more_than_ten_deliveries_go_in_requests_of_ten(start: Callable[..., Rel
                                                         fake: FakeAirtable) -> None:
     relay = start()
     post(relay, registration(1, people(25)))
-    settled(relay, 25, "delivered")
+    relay.settled(25, "delivered")
     assert [r["Email"] for r in fake.rows(BASE, TABLE)] == [f"runner{i}@example.com" for i in range(25)]
     sizes = [len(w.json()["records"]) for w in fake.writes()]
     assert sum(sizes) == 25 and max(sizes) == 10 and len(sizes) >= 3
@@ -187,7 +178,7 @@ def test_plain_create_without_merge_on(start: Callable[..., RelayServer], fake: 
     relay = start(**{"    merge_on: [Email]": "    # no merge_on"})
     post(relay, registration(1, [("Ann", "A", "ann@example.com", 10)]))
     post(relay, registration(2, [("Ann", "A", "ann@example.com", 10)]))
-    settled(relay, 2, "delivered")
+    relay.settled(2, "delivered")
     assert len(fake.rows(BASE, TABLE)) == 2  # a create adds, every time
     assert {w.method for w in fake.writes()} == {"POST"}
     assert all("performUpsert" not in w.json() for w in fake.writes())
@@ -201,7 +192,7 @@ def test_unknown_field_is_dead_with_airtables_message(start: Callable[..., Relay
     shirt = "  Form: _event.meta.name\n  Shirt: \"field(data, 'tshirt_size')\""
     relay = start(**{"  Form: _event.meta.name": shirt})
     post(relay, sample("webconnex/registration.json"))
-    deliveries = settled(relay, 2, "dead")
+    deliveries = relay.settled(2, "dead")
     for d in deliveries:
         assert d["attempts"] == 1 and d["last_status_code"] == 422
         assert 'Unknown field name: "Shirt"' in d["last_error"] and "UNKNOWN_FIELD_NAME" in d["last_error"]
@@ -217,7 +208,7 @@ def test_one_bad_record_does_not_take_the_batch_down(start: Callable[..., RelayS
     relay = start(**{"    # typecast: true ": "    typecast: false "})
     post(relay, registration(1, [("Ann", "A", "ann@example.com", 10), ("Bob", "B", "bob@example.com", "free"),
                                  ("Cy", "C", "cy@example.com", 30)]))
-    deliveries = settled(relay, 3)
+    deliveries = relay.settled(3)
     assert [d["status"] for d in deliveries] == ["delivered", "dead", "delivered"]
     assert "INVALID_VALUE_FOR_COLUMN" in deliveries[1]["last_error"]
     assert 'Field "Amount" cannot accept the provided value' in deliveries[1]["last_error"]
@@ -250,7 +241,7 @@ def test_refusals_are_dead_at_once_in_plain_words(start: Callable[..., RelayServ
                                                   replace: dict[str, str], status: int, words: str) -> None:
     relay = start(**replace)
     post(relay, registration(1, [("Ann", "A", "ann@example.com", 10)]))
-    [delivery] = settled(relay, 1, "dead")
+    [delivery] = relay.settled(1, "dead")
     assert delivery["attempts"] == 1 and delivery["last_status_code"] == status
     assert words in delivery["last_error"], delivery["last_error"]
     assert "Airtable says:" in delivery["last_error"]
@@ -285,7 +276,7 @@ def test_a_burst_is_paced_to_five_requests_a_second(start: Callable[..., RelaySe
     relay = start()
     for n in range(20):
         post(relay, registration(n + 1, people(2, start=2 * n)))
-    settled(relay, 40, "delivered", timeout=40)
+    relay.settled(40, "delivered", timeout=40)
     assert sorted(r["Email"] for r in fake.rows(BASE, TABLE)) == sorted(
         f"runner{i}@example.com" for i in range(40))
     assert fake.over_limit == 0 and fake.max_in_window <= 5

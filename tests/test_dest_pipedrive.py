@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, SAMPLES, RelayServer, sample, wait_until, write_recipe, write_sources
+from conftest import ROOT, SAMPLES, RelayServer, sample, write_recipe, write_sources
 from fakes.base import Answer
 from fakes.pipedrive import FakePipedrive
 from relay.cli import cli
@@ -64,14 +64,6 @@ def order(relay: RelayServer, email: str = ORDER["email"], **changes: Any) -> in
     return int(response.json()["event"])
 
 
-def settled(relay: RelayServer, count: int, status: str | None = None,
-            timeout: float = 20) -> list[dict[str, Any]]:
-    def check() -> list[dict[str, Any]] | None:
-        rows = relay.rows("SELECT * FROM deliveries ORDER BY id")
-        done = [r for r in rows if (r["status"] == status if status else r["status"] in ("delivered", "dead"))]
-        return rows if len(rows) == count and len(done) == count else None
-    return wait_until(check, timeout=timeout)  # type: ignore[no-any-return]
-
 
 
 SEARCH = ("GET", "/api/v2/persons/search")
@@ -88,7 +80,7 @@ def update(person_id: int) -> tuple[str, str]:
 def test_a_new_buyer_becomes_a_person(start: Callable[..., RelayServer], fake: FakePipedrive) -> None:
     relay = start()
     order(relay)
-    [delivery] = settled(relay, 1, "delivered")
+    [delivery] = relay.settled(1, "delivered")
     [person] = fake.with_email("sanne.devries@example.nl")
     assert person["name"] == "Sanne de Vries"
     assert person["emails"] == [{"value": "sanne.devries@example.nl", "primary": True, "label": "work"}]
@@ -104,9 +96,9 @@ def test_the_same_email_again_updates_that_person(start: Callable[..., RelayServ
                                                   fake: FakePipedrive) -> None:
     relay = start()
     order(relay)
-    settled(relay, 1, "delivered")
+    relay.settled(1, "delivered")
     order(relay, email="Sanne.DeVries@example.nl", firstname="Sanne J.")  # Pipedrive's search ignores case
-    settled(relay, 2, "delivered")
+    relay.settled(2, "delivered")
     [person] = fake.with_email("sanne.devries@example.nl")
     assert person["name"] == "Sanne J. de Vries"
     assert len(fake.persons) == 1
@@ -120,7 +112,7 @@ def test_several_persons_with_the_email_update_the_oldest(start: Callable[..., R
     newer = fake.add_person("Sanne dV", "sanne.devries@example.nl")
     relay = start()
     order(relay)
-    [delivery] = settled(relay, 1, "delivered")
+    [delivery] = relay.settled(1, "delivered")
     assert fake.persons[older]["name"] == "Sanne de Vries"
     assert fake.persons[newer]["name"] == "Sanne dV"
     assert fake.calls() == [SEARCH, update(older)]
@@ -134,7 +126,7 @@ def test_a_new_phone_joins_the_persons_numbers(start: Callable[..., RelayServer]
     person_id = fake.add_person("Sanne", "sanne.devries@example.nl", phones=("+31 20 555 0101",))
     relay = start(**{"  email: email\n": "  email: email\n  phone: \"'+31 6 5555 0199'\"\n"})
     order(relay)
-    settled(relay, 1, "delivered")
+    relay.settled(1, "delivered")
     assert [(p["value"], p["primary"]) for p in fake.persons[person_id]["phones"]] == [
         ("+31 6 5555 0199", True), ("+31 20 555 0101", False)]
 
@@ -144,9 +136,9 @@ def test_search_lag_does_not_make_a_second_person(start: Callable[..., RelayServ
     fake.search_lag = 60.0  # a new person is not searchable yet
     relay = start()
     order(relay)
-    settled(relay, 1, "delivered")
+    relay.settled(1, "delivered")
     order(relay, lastname="de Vries-Bakker")
-    [_, second] = settled(relay, 2, "delivered")
+    [_, second] = relay.settled(2, "delivered")
     [person] = fake.with_email("sanne.devries@example.nl")
     assert person["name"] == "Sanne de Vries-Bakker"
     assert fake.calls() == [SEARCH, ADD, SEARCH, update(person["id"])]
@@ -159,7 +151,7 @@ def test_search_lag_does_not_make_a_second_person(start: Callable[..., RelayServ
 def test_a_400_is_dead_with_pipedrives_error(start: Callable[..., RelayServer], fake: FakePipedrive) -> None:
     relay = start(**{"  # custom_fields:\n  #   ": "  custom_fields:\n    "})
     order(relay)
-    [delivery] = settled(relay, 1, "dead")
+    [delivery] = relay.settled(1, "dead")
     assert delivery["attempts"] == 1 and delivery["last_status_code"] == 400
     assert f"Custom field with key '{CUSTOM_KEY}' does not exist" in delivery["last_error"]
     assert delivery["last_error"].startswith("HTTP 400: Pipedrive refused to add the person")
@@ -168,7 +160,7 @@ def test_a_400_is_dead_with_pipedrives_error(start: Callable[..., RelayServer], 
 
     fake.custom_fields.add(CUSTOM_KEY)  # once the field exists, the same recipe works
     order(relay)
-    settled(relay, 2)
+    relay.settled(2)
     [person] = fake.with_email("sanne.devries@example.nl")
     assert list(person["custom_fields"]) == [CUSTOM_KEY]
 
@@ -177,7 +169,7 @@ def test_a_delivery_without_email_is_dead_naming_the_field(start: Callable[..., 
                                                            fake: FakePipedrive) -> None:
     relay = start()
     order(relay, email="")
-    [delivery] = settled(relay, 1, "dead")
+    [delivery] = relay.settled(1, "dead")
     assert delivery["attempts"] == 1
     assert "this delivery has no `email`" in delivery["last_error"]
     assert fake.requests == []
@@ -187,7 +179,7 @@ def test_a_field_pipedrive_does_not_have_is_named(start: Callable[..., RelayServ
                                                   fake: FakePipedrive) -> None:
     relay = start(**{"  email: email\n": "  email: email\n  order: guid\n"})
     order(relay)
-    [delivery] = settled(relay, 1, "dead")
+    [delivery] = relay.settled(1, "dead")
     assert "Pipedrive persons have no field 'order'" in delivery["last_error"]
     assert fake.requests == []
 
@@ -195,7 +187,7 @@ def test_a_field_pipedrive_does_not_have_is_named(start: Callable[..., RelayServ
 def test_a_refused_token_is_dead_in_plain_words(start: Callable[..., RelayServer], fake: FakePipedrive) -> None:
     relay = start(**{"${PIPEDRIVE_TOKEN}": "not-the-token"})
     order(relay)
-    [delivery] = settled(relay, 1, "dead")
+    [delivery] = relay.settled(1, "dead")
     assert delivery["last_status_code"] == 401
     assert "the API token was refused (Pipedrive says: Unauthorized access" in delivery["last_error"]
     assert "not-the-token" not in delivery["last_error"]
@@ -211,7 +203,7 @@ def test_a_429_is_retried_after_the_window(start: Callable[..., RelayServer], fa
                           headers={"Retry-After": retry_after} if retry_after else {}))
     relay = start()
     order(relay)
-    [delivery] = settled(relay, 1, "delivered")
+    [delivery] = relay.settled(1, "delivered")
     tried = relay.attempts(delivery["id"])
     assert [(a["outcome"], a["status_code"]) for a in tried] == [("retry", 429), ("delivered", 201)]
     assert "Pipedrive is rate limiting this API token (Pipedrive says: Request over limit)" in tried[0]["error"]
@@ -225,7 +217,7 @@ def test_a_503_is_retried(start: Callable[..., RelayServer], fake: FakePipedrive
     relay = start()
     fake.fail_next(Answer(503, {"success": False, "error": "Service unavailable"}))
     order(relay)
-    [delivery] = settled(relay, 1, "delivered")
+    [delivery] = relay.settled(1, "delivered")
     assert [a["status_code"] for a in relay.attempts(delivery["id"])] == [503, 201]
     assert len(fake.persons) == 1
 
@@ -236,7 +228,7 @@ def test_a_burst_is_paced(start: Callable[..., RelayServer], fake: FakePipedrive
     relay = start()
     for n in range(14):
         order(relay, email=f"buyer{n}@example.nl")
-    settled(relay, 14, "delivered", timeout=40)
+    relay.settled(14, "delivered", timeout=40)
     assert len(fake.persons) == 14
     assert fake.over_limit == 0 and fake.search_over_limit == 0
     assert relay.rows("SELECT COUNT(*) AS n FROM attempts WHERE status_code = 429") == [{"n": 0}]
