@@ -20,8 +20,9 @@ from typing import TypedDict
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .delivery import Deliverer
@@ -35,7 +36,10 @@ from .routing import Router
 from .secrets import SecretStore
 from .settings import Settings
 from .sources import Sources, load_sources
-from .store import Store, Writer
+from .store import Readers, Store, Writer
+from .ui import auth as ui_auth
+from .ui import render
+from .ui import routes as ui_routes
 
 log = logging.getLogger("relay")
 
@@ -108,7 +112,11 @@ class Runtime:
         self.metrics = Metrics(settings.db)
         # A second connection for the event loop's own small reads (secrets at reload).
         self.reader = Store(settings.db)
+        # Worker-thread connections for the web UI's pages, which may read a lot.
+        self.readers = Readers(settings.db)
         self.secrets = SecretStore(self.reader, settings)
+        ui_auth.ensure_admin(self.reader, settings.admin_password, log.warning)
+        self.sessions = ui_auth.Sessions(self)
         # Pacers outlive reloads: a vendor's rate limit does not reset when a recipe changes.
         self.pacers = Pacers()
         self.config = load_config(settings, self.secrets, self.pacers)
@@ -132,8 +140,11 @@ class Runtime:
         return self.config
 
     def _tell_secrets(self) -> None:
+        # Kept for what relay shows or stores from outside: a token pasted where the
+        # source name goes (/hooks/<token>) must not reach the rejection log.
+        self.secret_values = secret_values(self.config, self.secrets)
         if self.on_secrets is not None:
-            self.on_secrets(secret_values(self.config, self.secrets))
+            self.on_secrets(self.secret_values)
 
     async def watch(self, interval: float = 1.0) -> None:
         while True:
@@ -158,14 +169,17 @@ class Runtime:
         if deliverer is not None:
             deliverer.cancel()
         # Attempts already on the wire get a moment to finish; the rest stay
-        # 'sending' and go back to the queue at the next start.
-        await self.deliverer.drain(timeout=5)
+        # 'sending' and go back to the queue at the next start. 3 s here plus
+        # uvicorn's 4 s for open requests (relay serve) keep a stop under the 10 s
+        # that Docker waits after SIGTERM before it kills.
+        await self.deliverer.drain(timeout=3)
         for task in list(self.deliverer.in_flight):
             task.cancel()
         await asyncio.gather(*self.tasks, *self.deliverer.in_flight, return_exceptions=True)
         await self.client.aclose()
         self.writer.close()
         self.reader.close()
+        self.readers.close()
 
 
 def _crashed(task: asyncio.Task[None]) -> None:
@@ -192,10 +206,14 @@ async def healthz(request: Request) -> JSONResponse:
     })
 
 
-async def http_error(request: Request, exc: Exception) -> JSONResponse:
+async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {404: "Nothing here. Webhooks go to /hooks/<source>.",
                 405: "This address only takes POST requests from a webhook sender."}
+    if "text/html" in request.headers.get("accept", "") and not request.url.path.startswith("/hooks"):
+        return render(request, "error.html", status_code=exc.status_code, title="Not found",
+                      message="There is no page at this address." if exc.status_code == 404
+                      else str(exc.detail))
     return JSONResponse({"error": messages.get(exc.status_code, exc.detail)},
                         status_code=exc.status_code, headers=exc.headers)
 
@@ -219,7 +237,9 @@ def create_app(settings: Settings,
             Route("/hooks/{source}/{token}", receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *ui_routes(),
         ],
+        middleware=[Middleware(ui_auth.AuthMiddleware)],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )

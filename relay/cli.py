@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -91,7 +92,11 @@ def serve(recipes: Path | None, db: Path | None, host: str | None, port: int | N
                 proxy_headers=bool(settings.forwarded_allow_ips),
                 forwarded_allow_ips=settings.forwarded_allow_ips or None,
                 # None: uvicorn keeps the handlers setup_logging gave every logger.
-                log_config=None, timeout_graceful_shutdown=10)
+                log_config=None,
+                # On SIGTERM, requests still open get 4 s (an answer lost is no loss:
+                # the platform sends again), then deliveries in flight 3 s (Runtime.stop):
+                # relay is gone well within the 10 s Docker waits before SIGKILL.
+                timeout_graceful_shutdown=4)
 
 
 def _stopped(signum: int, frame: Any) -> None:
@@ -332,3 +337,115 @@ def secret_delete(name: str, db: Path | None) -> None:
     if not secret_store(settings).delete(name):
         raise click.ClickException(f"there is no secret named {name}")
     click.echo(f"Secret {name} deleted.")
+
+
+# --- web UI accounts ------------------------------------------------------------------
+
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$")
+
+
+def user_store(db: Path | None, create: bool = False) -> Store:
+    """The database holding the accounts; ``create`` makes it (``user add`` before a first start)."""
+    settings = settings_from(db=db)
+    if not create and not Path(settings.db).exists():
+        raise click.ClickException(f"there is no database at {settings.db}: start relay once, or pass --db")
+    return Store(settings.db)
+
+
+def new_password(name: str) -> str:
+    """The password, asked for twice (hidden) on a terminal, else read from standard input."""
+    from .ui.auth import MIN_PASSWORD
+
+    if sys.stdin.isatty():
+        return str(click.prompt(f"Password for {name} (at least {MIN_PASSWORD} characters)",
+                                hide_input=True, confirmation_prompt=True))
+    return sys.stdin.read().rstrip("\r\n")
+
+
+def hashed(password: str) -> str:
+    from .ui.auth import hash_password
+
+    try:
+        return hash_password(password)
+    except ConfigError as e:
+        raise click.ClickException(e.message) from None
+
+
+@cli.group()
+def user() -> None:
+    """Manage the web UI's accounts (who may log in)."""
+
+
+@user.command(name="add")
+@click.argument("name")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="SQLite database file [env RELAY_DB; default ./relay.db]")
+def user_add(name: str, db: Path | None) -> None:
+    """Add an account NAME; its password is asked for (hidden), or read from standard input."""
+    if not USER_NAME.match(name):
+        raise click.ClickException(
+            f"{name!r} cannot be an account name: use up to 64 letters, digits and . _ @ + -, "
+            "starting with a letter or digit.")
+    store = user_store(db, create=True)
+    try:
+        if store.user(name) is not None:
+            raise click.ClickException(
+                f"there is already an account named {name}; to change its password: "
+                f"relay user password {name}")
+        store.put_user(name, hashed(new_password(name)))
+    finally:
+        store.close()
+    click.echo(f"Account {name} added: it can log in to the web UI now.")
+
+
+@user.command(name="password")
+@click.argument("name")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="SQLite database file [env RELAY_DB; default ./relay.db]")
+def user_password(name: str, db: Path | None) -> None:
+    """Set a new password for NAME (asked for, or read from standard input); logs NAME out everywhere."""
+    store = user_store(db)
+    try:
+        if store.user(name) is None:
+            raise click.ClickException(f"there is no account named {name} (relay user list shows them)")
+        store.put_user(name, hashed(new_password(name)))
+    finally:
+        store.close()
+    click.echo(f"Password of {name} changed. {name} was logged out everywhere: log in again with it.")
+
+
+@user.command(name="list")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="SQLite database file [env RELAY_DB; default ./relay.db]")
+def user_list(db: Path | None) -> None:
+    """List the accounts, when each was added and when its password last changed."""
+    store = user_store(db)
+    try:
+        rows = store.users()
+    finally:
+        store.close()
+    for row in rows:
+        added, changed = (time.strftime("%Y-%m-%d %H:%M", time.localtime(float(row[k])))
+                          for k in ("created_at", "updated_at"))
+        click.echo(f"{row['name']}\tadded {added}\tpassword set {changed}")
+
+
+@user.command(name="delete")
+@click.argument("name")
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="SQLite database file [env RELAY_DB; default ./relay.db]")
+def user_delete(name: str, db: Path | None) -> None:
+    """Delete the account NAME and end its sessions."""
+    store = user_store(db)
+    try:
+        names = [str(row["name"]) for row in store.users()]
+        if name not in names:
+            raise click.ClickException(f"there is no account named {name} (relay user list shows them)")
+        if names == [name]:
+            raise click.ClickException(
+                f"{name} is the only account: nobody could log in without it. Add another first "
+                f"(relay user add NAME), or change its password (relay user password {name}).")
+        store.delete_user(name)
+    finally:
+        store.close()
+    click.echo(f"Account {name} deleted; its sessions ended.")

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 
 from .errors import BadBody, BodyTooLarge, RelayError, StorageUnavailable
 from .metrics import UNKNOWN_SOURCE
+from .recipes import redact
 from .sources import Request, Source
 
 if TYPE_CHECKING:
@@ -120,10 +121,13 @@ async def receive(request: HttpRequest) -> JSONResponse:
     async def reject(error: RelayError, status: int | None = None) -> JSONResponse:
         code = status or error.status
         count(label, "rejected", code)
-        log.info("refused a webhook for %r: %s %s", name, code, error.message)
+        # An unknown name may be a secret pasted into the wrong part of the URL.
+        shown = name if label != UNKNOWN_SOURCE else redact(name, runtime.secret_values)
+        reason = redact(error.message, runtime.secret_values)
+        log.info("refused a webhook for %r: %s %s", shown, code, reason)
         try:
             await runtime.writer.run(lambda s: s.log_rejection(
-                source=name, status_code=code, reason=error.message,
+                source=shown, status_code=code, reason=reason,
                 headers=redact_headers(headers, source), body=body, body_size=body_size,
                 client=client))
         except RelayError:

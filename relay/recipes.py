@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from .destinations import Destination, DestinationContext, OptionError, destinat
 from .errors import ConfigError, MappingError
 from .mapping import Compiled, Expression, compile_value
 from .sources import Sources
-from .yamlfile import Located, Lookup, load, plain, resolve
+from .yamlfile import Located, Lookup, load, loads, plain, resolve
 
 KEYS = frozenset({"source", "events", "when", "for_each", "fields", "to", "enabled", "description"})
 SOURCES_FILE = "sources.yaml"
@@ -218,12 +218,27 @@ def _build(recipe: Recipe, data: Any, sources: Sources, lookup: _Secrets,
 def load_recipe(path: Path, folder: Path, sources: Sources, lookup: Lookup,
                 context: DestinationContext) -> Recipe:
     """Load one recipe file. Never raises: errors are kept on the recipe."""
+    return _load_recipe(lambda: load(path, str(path)), path, folder, sources, lookup, context)
+
+
+def load_recipe_text(text: str, path: Path, folder: Path, sources: Sources, lookup: Lookup,
+                     context: DestinationContext) -> Recipe:
+    """Load ``text`` as if it were the recipe file at ``path`` (which need not exist).
+
+    The web editor checks and previews unsaved text this way: the same code as
+    ``load_recipe``, so its errors are the ones relay would report for the file.
+    """
+    return _load_recipe(lambda: loads(text, str(path)), path, folder, sources, lookup, context)
+
+
+def _load_recipe(read: Callable[[], Any], path: Path, folder: Path, sources: Sources, lookup: Lookup,
+                 context: DestinationContext) -> Recipe:
     name = path.relative_to(folder).with_suffix("").as_posix()
     recipe = Recipe(name=name, path=str(path))
     secrets = _Secrets(lookup)
     data: Any = None
     try:
-        data = load(path, str(path))
+        data = read()
         _build(recipe, data, sources, secrets, context)
     except ConfigError as e:
         # An error before `source:` was read (an unknown key, say) still belongs

@@ -161,6 +161,7 @@ class Router:
         routed = await asyncio.to_thread(lambda: [route_event(recipes, e) for e in events])
 
         def save(store: Store) -> int:
+            store.index_for_search(events)  # searchable in the log from the same commit on
             return sum(store.record_routing(e["id"], r.routes, r.deliveries)
                        for e, r in zip(events, routed, strict=True))
 

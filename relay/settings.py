@@ -112,6 +112,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("forwarded_allow_ips", "RELAY_FORWARDED_ALLOW_IPS", "", str,
             "Addresses of reverse proxies whose X-Forwarded-For/-Proto headers are trusted "
             "(comma-separated, or * for any). Empty: forwarded headers are ignored."),
+    Setting("admin_password", "RELAY_ADMIN_PASSWORD", None, str,
+            "Password for the web UI's first account, `admin`, created at the first start "
+            "when there is no account yet. Unset: relay makes one up and prints it once."),
     Setting("public_url", "RELAY_PUBLIC_URL", "", str,
             "The address webhook senders use, e.g. https://relay.example.com (behind a proxy). "
             "Empty means http://<host>:<port>."),
@@ -144,6 +147,7 @@ class Settings:
     metrics_token: str | None = None
     log_format: str = "text"
     forwarded_allow_ips: str = ""
+    admin_password: str | None = None
     #: where senders reach relay; ``validate`` fills it from host and port when empty
     public_url: str = ""
 

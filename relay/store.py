@@ -168,6 +168,53 @@ def _incremental_vacuum(db: Database) -> None:
     db.execute("VACUUM")
 
 
+@migrations(name="005_users")
+def _users(db: Database) -> None:
+    # The web UI's accounts and sessions. A session cookie holds a random token;
+    # only its SHA-256 is stored, so a copy of the database logs nobody in.
+    db.executescript(
+        """
+        CREATE TABLE users (
+            name TEXT PRIMARY KEY,
+            password_hash TEXT NOT NULL,   -- argon2id
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE sessions (
+            token_hash TEXT PRIMARY KEY,
+            user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+            csrf_token TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            seen_at REAL NOT NULL
+        );
+        CREATE INDEX sessions_user ON sessions(user);
+        """
+    )
+
+
+@migrations(name="006_search")
+def _search(db: Database) -> None:
+    # The log's text search: an FTS5 index of event bodies (a blob is read as text).
+    # Its content is the view of exactly the events it holds, each routed event once
+    # (a redelivery is found through its original), so that 'integrity-check' can
+    # compare the two. The router adds an event in the commit that routes it, which
+    # keeps ingest as fast as before; pruning takes it out before the event goes.
+    db.execute("CREATE VIEW events_searchable AS SELECT id, body FROM events"
+               " WHERE status != 'duplicate' AND routed_at IS NOT NULL")
+    db.execute("CREATE VIRTUAL TABLE events_fts USING fts5(body, content='events_searchable',"
+               " content_rowid='id')")
+    last = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+    for start in range(0, last, 10_000):  # in batches: memory stays bounded on a big database
+        db.execute("INSERT INTO events_fts (rowid, body) SELECT id, body FROM events_searchable"
+                   " WHERE id > ? AND id <= ?", [start, start + 10_000])
+    # The log lists a source's events, and dead deliveries, newest first without
+    # reading the whole table.
+    db.execute("CREATE INDEX events_source ON events(source, id)")
+    db.execute("CREATE INDEX deliveries_dead ON deliveries(id) WHERE status = 'dead'")
+    # The recipes page shows each recipe's last delivery; the log filters by recipe.
+    db.execute("CREATE INDEX deliveries_recipe ON deliveries(recipe, id)")
+
+
 def connect(path: Path | str) -> Database:
     """Open (creating if needed) the database and bring its schema up to date."""
     path = Path(path)
@@ -500,6 +547,7 @@ class Store:
             self.db.execute("CREATE TEMP TABLE IF NOT EXISTS _prune(id INTEGER PRIMARY KEY)")
             self.db.execute("DELETE FROM _prune")
             self.db.conn.executemany("INSERT INTO _prune VALUES (?)", [(i,) for i in ids])
+            self.unindex_pruned()  # the text search forgets them before they go
             self.db.execute(
                 "DELETE FROM attempts WHERE delivery_id IN (SELECT d.id FROM deliveries d"
                 " JOIN _prune p ON p.id = d.event_id)")
@@ -554,6 +602,469 @@ class Store:
 
     def delete_secret(self, name: str) -> bool:
         return self.db.execute("DELETE FROM secrets WHERE name = ?", [name]).rowcount > 0
+
+    # --- users and sessions (the web UI) -------------------------------------------
+
+    def user(self, name: str) -> dict[str, Any] | None:
+        return self.one("SELECT * FROM users WHERE name = ?", [name])
+
+    def users(self) -> list[dict[str, Any]]:
+        return self.rows("SELECT name, created_at, updated_at FROM users ORDER BY name")
+
+    def put_user(self, name: str, password_hash: str) -> None:
+        """Add the user, or set a new password (which ends all their sessions)."""
+        now = time.time()
+        with self._writing():
+            self.db.execute(
+                "INSERT INTO users (name, password_hash, created_at, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET password_hash = excluded.password_hash,"
+                " updated_at = excluded.updated_at",
+                [name, password_hash, now, now])
+            self.db.execute("DELETE FROM sessions WHERE user = ?", [name])
+
+    def delete_user(self, name: str) -> bool:
+        with self._writing():
+            self.db.execute("DELETE FROM sessions WHERE user = ?", [name])
+            return self.db.execute("DELETE FROM users WHERE name = ?", [name]).rowcount > 0
+
+    def add_session(self, token_hash: str, user: str, csrf_token: str, expired_before: float) -> None:
+        now = time.time()
+        self.db.execute("DELETE FROM sessions WHERE seen_at < ?", [expired_before])
+        self.db.execute(
+            "INSERT INTO sessions (token_hash, user, csrf_token, created_at, seen_at)"
+            " VALUES (?, ?, ?, ?, ?)", [token_hash, user, csrf_token, now, now])
+
+    def session(self, token_hash: str) -> dict[str, Any] | None:
+        return self.one("SELECT * FROM sessions WHERE token_hash = ?", [token_hash])
+
+    def touch_session(self, token_hash: str) -> None:
+        self.db.execute("UPDATE sessions SET seen_at = ? WHERE token_hash = ?", [time.time(), token_hash])
+
+    def delete_session(self, token_hash: str) -> None:
+        self.db.execute("DELETE FROM sessions WHERE token_hash = ?", [token_hash])
+
+    # --- log (web UI) -------------------------------------------------------------
+    #
+    # Every list is newest first and paged by id (keyset: "id < the last one shown",
+    # never OFFSET), and every filter either uses an index or bounds the ids it
+    # reads, so a page costs the same with a million events as with a hundred.
+
+    EVENT_STATUSES = ("accepted", "duplicate", "ignored")
+    # What the log calls a delivery's status. "pending" waits for its first attempt,
+    # "retrying" failed at least once and will be tried again (either may be sending).
+    DELIVERY_STATUSES = {
+        "pending": "d.status IN ('pending', 'sending') AND d.attempts = 0",
+        "retrying": "d.status IN ('pending', 'sending') AND d.attempts > 0",
+        "delivered": "d.status = 'delivered'",
+        "dead": "d.status = 'dead'",
+    }
+    _EVENT_COLUMNS = ("e.id, e.source, e.type, e.status, e.is_test, e.duplicate_of, e.received_at,"
+                      " length(e.body) AS size")
+    _DELIVERY_COLUMNS = (
+        "d.id, d.event_id, d.recipe, d.destination, d.dest_type, d.item_index, d.status, d.attempts,"
+        " d.queued_at, d.next_attempt_at, d.updated_at, d.delivered_at, d.last_error,"
+        " d.last_status_code, d.reviewed_at, e.source, e.type AS event_type")
+
+    @staticmethod
+    def match_query(text: str | None) -> str | None:
+        """The user's words as a safe FTS5 query; None when there is nothing to search for.
+
+        Each word is quoted, so FTS5 syntax in it is plain text and an email address
+        is the phrase of its parts ("ann example com"). The last word also matches as
+        the start of a word, as people type. All words must match.
+        """
+        words = [w[:100] for w in (text or "").split() if any(c.isalnum() for c in w)][:12]
+        if not words:
+            return None
+        query = " ".join('"' + w.replace('"', '""') + '"' for w in words)
+        # Not for one or two letters, nor an email address (typed whole): every word that
+        # starts with "r" (or, in an address, "com") would be read from the index.
+        last = words[-1]
+        return query + "*" if len(last) > 2 and "@" not in last else query
+
+    def index_for_search(self, events: Iterable[dict[str, Any]]) -> None:
+        """Add routed events to the text search, in the transaction that routes them."""
+        self.db.conn.executemany(
+            "INSERT INTO events_fts (rowid, body) VALUES (?, ?)",
+            [(e["id"], e["body"]) for e in events if e["status"] != "duplicate"])
+
+    def unindex_pruned(self) -> None:
+        """Take the events about to be pruned (``_prune``, and their redeliveries) out of
+        the text search.
+
+        FTS5 removes an entry only when told the body it indexed; an event the index
+        does not hold (no row in its docsize table) is left alone, as "removing" it
+        would corrupt the index.
+        """
+        self.db.execute(
+            "INSERT INTO events_fts (events_fts, rowid, body) SELECT 'delete', e.id, e.body"
+            " FROM events e JOIN events_fts_docsize s ON s.id = e.id"
+            " WHERE e.id IN (SELECT id FROM _prune) OR e.duplicate_of IN (SELECT id FROM _prune)")
+
+    def first_event_since(self, since: float) -> int | None:
+        """The id of the first event received at or after ``since`` (None: none since).
+
+        Ids grow with time, so "received since" becomes "id >= this", which stops a
+        newest-first scan there instead of at the end of the table.
+        """
+        row = self.one("SELECT id FROM events WHERE received_at >= ? ORDER BY received_at LIMIT 1",
+                       [since])
+        return int(row["id"]) if row else None
+
+    def _keyset(self, select: str, where: list[str], params: list[Any], key: str,
+                before: int | None, after: int | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """One page, newest first, and whether more rows lie beyond it in the direction read.
+
+        ``before`` reads older rows than that id; ``after`` reads newer ones.
+        """
+        where, params = list(where), list(params)
+        if before is not None:
+            where.append(f"{key} < ?")
+            params.append(before)
+        if after is not None:
+            where.append(f"{key} > ?")
+            params.append(after)
+        upward = after is not None and before is None
+        found = self.rows(f"{select} WHERE {' AND '.join(where) or '1'}"
+                          f" ORDER BY {key} {'ASC' if upward else 'DESC'} LIMIT ?", [*params, limit + 1])
+        page = found[:limit]
+        return (page[::-1] if upward else page), len(found) > limit
+
+    def log_events(
+        self, *, source: str | None = None, recipe: str | None = None, status: str | None = None,
+        since: float | None = None, search: str | None = None, before: int | None = None,
+        after: int | None = None, limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of events received (see ``_keyset``)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if source:
+            where.append("e.source = ?")
+            params.append(source)
+        if status in self.EVENT_STATUSES:
+            where.append("e.status = ?")
+            params.append(status)
+        if recipe:
+            where.append("EXISTS (SELECT 1 FROM routes r WHERE r.event_id = e.id AND r.recipe = ?)")
+            params.append(recipe)
+        if since is not None:
+            first = self.first_event_since(since)
+            if first is None:
+                return [], False
+            where += ["e.id >= ?", "e.received_at >= ?"]
+            params += [first, since]
+        match = self.match_query(search)
+        select, key = f"SELECT {self._EVENT_COLUMNS} FROM events e", "e.id"
+        if match and status == "duplicate":  # redeliveries are found through their original
+            where.append("e.duplicate_of IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+            params.append(match)
+        elif match:
+            # The index gives its matches newest first and stops at the page's end.
+            select = f"SELECT {self._EVENT_COLUMNS} FROM events_fts CROSS JOIN events e ON e.id = events_fts.rowid"
+            key = "events_fts.rowid"
+            where.append("events_fts MATCH ?")
+            params.append(match)
+        return self._keyset(select, where, params, key, before, after, limit)
+
+    def _delivery_filter(
+        self, *, source: str | None, recipe: str | None, status: str | None, since: float | None,
+    ) -> tuple[str, list[str], list[Any]] | None:
+        """FROM and WHERE of the log's deliveries, with their event (None: nothing can match)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if source:
+            where.append("e.source = ?")
+            params.append(source)
+        if recipe:
+            where.append("d.recipe = ?")
+            params.append(recipe)
+        if status in self.DELIVERY_STATUSES:
+            where.append(self.DELIVERY_STATUSES[status])
+        if since is not None:
+            first = self.first_event_since(since)
+            if first is None:
+                return None
+            # Events are routed in order, so their deliveries' ids grow with time too.
+            first_delivery = self.one("SELECT id FROM deliveries WHERE event_id >= ?"
+                                      " ORDER BY event_id, id LIMIT 1", [first])
+            if first_delivery is None:
+                return None
+            where += ["d.id >= ?", "d.event_id >= ?", "e.received_at >= ?"]
+            params += [first_delivery["id"], first, since]
+        # The dead ones have their own index, in id order; left to itself, SQLite reads
+        # them through deliveries_due and sorts them all.
+        table = "deliveries d INDEXED BY deliveries_dead" if status == "dead" else "deliveries d"
+        return f"{table} CROSS JOIN events e ON e.id = d.event_id", where, params
+
+    def log_deliveries(
+        self, *, source: str | None = None, recipe: str | None = None, status: str | None = None,
+        since: float | None = None, search: str | None = None, before: int | None = None,
+        after: int | None = None, limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of deliveries, with their event's source and type (see ``_keyset``)."""
+        found = self._delivery_filter(source=source, recipe=recipe, status=status, since=since)
+        if found is None:
+            return [], False
+        tables, where, params = found
+        match = self.match_query(search)
+        if match:
+            return self._searched_deliveries(tables, where, params, match, before, after, limit)
+        return self._keyset(f"SELECT {self._DELIVERY_COLUMNS} FROM {tables}", where, params, "d.id",
+                            before, after, limit)
+
+    def _searched_deliveries(
+        self, tables: str, where: list[str], params: list[Any], match: str, before: int | None,
+        after: int | None, limit: int,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of deliveries whose event matches ``match``.
+
+        The index hands over matching event ids newest first, in growing batches, and
+        only each batch's deliveries are read. A delivery's id grows with its event's,
+        so the page comes out in id order, and reading stops once it is full (sorting
+        every match first would take seconds for a common word).
+        """
+        upward = after is not None and before is None
+        cursor = after if upward else before
+        sign, order = (">", "ASC") if upward else ("<", "DESC")
+        resume_op, resume_at = sign, None  # where the index starts: past the cursor's event
+        if cursor is not None:
+            where, params = [*where, f"d.id {sign} ?"], [*params, cursor]
+            row = self.one("SELECT event_id FROM deliveries WHERE id = ?", [cursor])
+            if row:  # the cursor's own event may have more deliveries beyond it
+                resume_op, resume_at = f"{sign}=", int(row["event_id"])
+        near = f" AND rowid {resume_op} ?" if resume_at is not None else ""
+        # One query read in growing batches: FTS5 merges a prefix's words once per query.
+        matches = self.db.conn.execute(
+            f"SELECT rowid FROM events_fts WHERE events_fts MATCH ?{near} ORDER BY rowid {order}",
+            [match, *([resume_at] if near else [])])
+        found: list[dict[str, Any]] = []
+        size = 100
+        try:
+            while len(found) <= limit:
+                ids = [int(r[0]) for r in matches.fetchmany(size)]
+                if not ids:
+                    break
+                found += self.rows(
+                    f"SELECT {self._DELIVERY_COLUMNS} FROM {tables} WHERE "
+                    + " AND ".join([*where, f"d.event_id IN ({','.join('?' * len(ids))})"])
+                    + f" ORDER BY d.id {order}", [*params, *ids])
+                size = min(size * 4, 5000)
+        finally:
+            matches.close()
+        page = found[:limit]
+        return (page[::-1] if upward else page), len(found) > limit
+
+    def dead_matching(self, *, source: str | None = None, recipe: str | None = None,
+                      since: float | None = None, search: str | None = None) -> list[int]:
+        """The ids of the dead deliveries the log shows with these filters."""
+        found = self._delivery_filter(source=source, recipe=recipe, status="dead", since=since)
+        if found is None:
+            return []
+        tables, where, params = found
+        match = self.match_query(search)
+        if match:
+            where = [*where, "d.event_id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)"]
+            params = [*params, match]
+        return [int(r["id"]) for r in self.rows(
+            f"SELECT d.id FROM {tables} WHERE {' AND '.join(where) or '1'} ORDER BY d.id", params)]
+
+    def replay_still_dead(self, ids: Sequence[int], now: float | None = None) -> list[int]:
+        """Replay those of ``ids`` that are still dead; returns them.
+
+        A bulk replay goes through here in batches, so webhooks arriving meanwhile
+        are committed between two batches; one replayed by someone else since it
+        was listed is left alone.
+        """
+        now = time.time() if now is None else now
+        with self._writing():
+            marks = ",".join("?" * len(ids))
+            dead = [int(r["id"]) for r in self.rows(
+                f"SELECT id FROM deliveries WHERE status = 'dead' AND id IN ({marks})", list(ids))]
+            for delivery_id in dead:
+                self.replay(delivery_id=delivery_id, now=now)
+        return dead
+
+    def progress(self, ids: Sequence[int]) -> dict[str, int]:
+        """How many of these deliveries are delivered, dead, retrying or pending now."""
+        counts = {"delivered": 0, "dead": 0, "retrying": 0, "pending": 0}
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            for row in self.rows(
+                    "SELECT CASE WHEN status IN ('delivered', 'dead') THEN status"
+                    " WHEN attempts > 0 THEN 'retrying' ELSE 'pending' END AS state, COUNT(*) AS n"
+                    f" FROM deliveries WHERE id IN ({','.join('?' * len(chunk))}) GROUP BY state", chunk):
+                counts[row["state"]] += row["n"]
+        return counts
+
+    def log_rejections(
+        self, *, source: str | None = None, since: float | None = None, search: str | None = None,
+        before: int | None = None, after: int | None = None, limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of refused requests (a bounded table: a plain scan is cheap)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if source:
+            where.append("source = ?")
+            params.append(source)
+        if since is not None:
+            where.append("received_at >= ?")
+            params.append(since)
+        for word in (search or "").split()[:12]:
+            where.append("(instr(lower(reason), ?) > 0 OR instr(lower(CAST(body_prefix AS TEXT)), ?) > 0)")
+            params += [word.lower(), word.lower()]
+        select = ("SELECT id, source, received_at, status_code, reason, body_size, client"
+                  " FROM rejections")
+        return self._keyset(select, where, params, "id", before, after, limit)
+
+    def event_outcomes(self, ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """Per event: its deliveries by log status, and its recipes that filtered or failed."""
+        found: dict[int, dict[str, int]] = {i: {} for i in ids}
+        if not ids:
+            return found
+        marks = ",".join("?" * len(ids))
+        for row in self.rows(
+                "SELECT event_id, CASE WHEN status IN ('delivered', 'dead') THEN status"
+                " WHEN attempts > 0 THEN 'retrying' ELSE 'pending' END AS state, COUNT(*) AS n"
+                f" FROM deliveries WHERE event_id IN ({marks}) GROUP BY event_id, state", list(ids)):
+            found[row["event_id"]][row["state"]] = row["n"]
+        for row in self.rows(
+                "SELECT event_id, outcome, COUNT(*) AS n FROM routes"
+                f" WHERE event_id IN ({marks}) AND outcome != 'queued' GROUP BY event_id, outcome",
+                list(ids)):
+            found[row["event_id"]][row["outcome"]] = row["n"]
+        return found
+
+    def event_page(self, event_id: int) -> dict[str, Any] | None:
+        """An event with its recipes' outcomes, its deliveries and each one's attempts."""
+        event = self.one("SELECT * FROM events WHERE id = ?", [event_id])
+        if event is None:
+            return None
+        deliveries = self.rows("SELECT * FROM deliveries WHERE event_id = ? ORDER BY id", [event_id])
+        attempts: dict[int, list[dict[str, Any]]] = {d["id"]: [] for d in deliveries}
+        for attempt in self.rows(
+                "SELECT a.* FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+                " WHERE d.event_id = ? ORDER BY a.delivery_id, a.number, a.id", [event_id]):
+            attempts[attempt["delivery_id"]].append(attempt)
+        for delivery in deliveries:
+            delivery["attempt_rows"] = attempts[delivery["id"]]
+        return {
+            "event": event,
+            "routes": self.rows("SELECT * FROM routes WHERE event_id = ? ORDER BY id", [event_id]),
+            "deliveries": deliveries,
+            "duplicates": self.rows("SELECT id, received_at FROM events WHERE duplicate_of = ?"
+                                    " ORDER BY id LIMIT 100", [event_id]),
+        }
+
+    def rejection(self, rejection_id: int) -> dict[str, Any] | None:
+        return self.one("SELECT * FROM rejections WHERE id = ?", [rejection_id])
+
+    # The dashboard's counts.
+
+    def _first_id_at(self, table: str, column: str, since: float) -> int:
+        """The first id of ``table`` whose ``column`` (a time that grows with the id) is at
+        or after ``since``: a binary search, as these tables have no index on the time."""
+        # Two queries: SQLite reads only one end of the table for a lone MIN or MAX.
+        low = self.one(f"SELECT MIN(id) AS id FROM {table}")
+        high = self.one(f"SELECT MAX(id) AS id FROM {table}")
+        if not low or not high or low["id"] is None:
+            return 0
+        lo, hi = int(low["id"]), int(high["id"]) + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = self.one(f"SELECT id, {column} AS t FROM {table} WHERE id >= ? ORDER BY id LIMIT 1",
+                           [mid])
+            if row is None or row["t"] >= since:
+                hi = mid
+            else:
+                lo = int(row["id"]) + 1
+        return lo
+
+    def hourly(self, start: float, hours: int) -> dict[str, list[int]]:
+        """Per hour from ``start``: events received, and deliveries that were delivered or
+        died (by the hour of their final attempt)."""
+        series = {name: [0] * hours for name in ("events", "delivered", "dead")}
+
+        def add(name: str, hour: int, count: int) -> None:
+            if 0 <= hour < hours:
+                series[name][hour] += count
+
+        for row in self.rows(
+                "SELECT CAST((received_at - ?) / 3600 AS INTEGER) AS hour, COUNT(*) AS n"
+                " FROM events WHERE received_at >= ? GROUP BY hour", [start, start]):
+            add("events", row["hour"], row["n"])
+        first = self._first_id_at("attempts", "started_at", start)
+        for row in self.rows(
+                "SELECT CAST((started_at - ?) / 3600 AS INTEGER) AS hour, outcome, COUNT(*) AS n"
+                " FROM attempts WHERE id >= ? AND started_at >= ? AND outcome IN ('delivered', 'dead')"
+                " GROUP BY hour, outcome", [start, first, start]):
+            add(row["outcome"], row["hour"], row["n"])
+        return series
+
+    def queue_state(self) -> dict[str, Any]:
+        """Deliveries waiting, retrying and dead, and the one waiting longest."""
+        state = self.one(
+            "SELECT COALESCE(SUM(attempts = 0), 0) AS pending, COALESCE(SUM(attempts > 0), 0) AS retrying"
+            " FROM deliveries WHERE status IN ('pending', 'sending')") or {}
+        dead = self.one("SELECT COUNT(*) AS dead, COALESCE(SUM(reviewed_at IS NULL), 0) AS unreviewed"
+                        " FROM deliveries WHERE status = 'dead'") or {}
+        oldest = self.one(
+            "SELECT id, event_id, recipe, dest_type, attempts, queued_at, next_attempt_at, last_error"
+            " FROM deliveries WHERE status IN ('pending', 'sending') ORDER BY queued_at LIMIT 1")
+        return {**state, **dead, "oldest": oldest}
+
+    def rejections_by_source(self, since: float, limit: int = 10) -> list[dict[str, Any]]:
+        """Requests refused since ``since``, per source, with the latest one's reason."""
+        return self.rows(
+            "SELECT r.source, g.n, r.id, r.reason, r.status_code, r.received_at FROM"
+            " (SELECT source, COUNT(*) AS n, MAX(id) AS latest FROM rejections"
+            "  WHERE received_at >= ? GROUP BY source) g JOIN rejections r ON r.id = g.latest"
+            " ORDER BY g.n DESC, r.source LIMIT ?", [since, limit])
+
+    def recipe_failures(self, since: float, limit: int = 20) -> list[dict[str, Any]]:
+        """Recipes that failed on events since ``since``, with the latest event and message."""
+        first = self._first_id_at("routes", "created_at", since)
+        return self.rows(
+            "SELECT r.recipe, g.n, r.event_id, r.message, r.created_at FROM"
+            " (SELECT recipe, COUNT(*) AS n, MAX(id) AS latest FROM routes"
+            "  WHERE id >= ? AND created_at >= ? AND outcome = 'error' GROUP BY recipe) g"
+            " JOIN routes r ON r.id = g.latest ORDER BY g.n DESC, r.recipe LIMIT ?",
+            [first, since, limit])
+
+
+class Readers:
+    """A few read-only connections for the web UI, used from worker threads.
+
+    WAL lets them read while the writer commits; running the query in a thread
+    keeps a slow page from holding up the event loop (and so ingest).
+    """
+
+    def __init__(self, path: Path | str, size: int = 2) -> None:
+        self.path = path
+        self._idle: queue.SimpleQueue[Store] = queue.SimpleQueue()
+        self._slots = threading.BoundedSemaphore(size)
+        self._all: list[Store] = []
+
+    async def run(self, fn: Callable[[Store], T]) -> T:
+        return await asyncio.to_thread(self._call, fn)
+
+    def _call(self, fn: Callable[[Store], T]) -> T:
+        with self._slots:
+            try:
+                store = self._idle.get_nowait()
+            except queue.Empty:
+                store = Store(self.path)
+                self._all.append(store)
+            try:
+                return fn(store)
+            finally:
+                if store.db.conn.in_transaction:
+                    store.db.conn.rollback()
+                self._idle.put(store)
+
+    def close(self) -> None:
+        for store in self._all:
+            store.close()
+        self._all.clear()
 
 
 class _Job:

@@ -231,6 +231,32 @@ def sign(source: str, platform: str, body: bytes, *, secret: str | None = None,
     return path, {"Content-Type": "application/json", **signed.headers}
 
 
+ADMIN_PASSWORD = "correct horse battery"
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+LOGIN_TOKEN = re.compile(r'name="login_token" value="([^"]+)"')
+
+
+def login_form_token(client: httpx.Client) -> str:
+    page = client.get("/login")
+    found = LOGIN_TOKEN.search(page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+class UIClient(httpx.Client):
+    """An httpx client with a web UI session; ``csrf`` is the session's token."""
+
+    def __init__(self, base_url: str, name: str, password: str) -> None:
+        super().__init__(base_url=base_url, timeout=30)
+        response = self.post("/login", data={"name": name, "password": password, "next": "/",
+                                              "login_token": login_form_token(self)})
+        assert response.status_code == 303, response.text
+        found = CSRF_FIELD.search(self.get("/").text)
+        assert found
+        self.csrf = found.group(1)
+        self.headers["X-CSRF-Token"] = self.csrf
+
+
 class RelayServer:
     """The real relay app under uvicorn, in a thread, on a free loopback port."""
 
@@ -278,6 +304,10 @@ class RelayServer:
         """Every recorded attempt of one delivery, in order."""
         return self.rows("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number", [delivery_id])
 
+    def login(self, name: str = "admin", password: str | None = None) -> UIClient:
+        """An HTTP client logged in to the web UI, which sends the CSRF token itself."""
+        return UIClient(self.url, name, ADMIN_PASSWORD if password is None else password)
+
     def stop(self) -> None:
         self.client.close()
         self.server.should_exit = True
@@ -292,6 +322,7 @@ def make_relay(tmp_path: Path) -> Iterator[Callable[..., RelayServer]]:
         values: dict[str, Any] = dict(
             recipes=tmp_path / "recipes", db=tmp_path / "relay.db", data=tmp_path / "data",
             retry_base=0.2, retry_max_delay=2.0, delivery_timeout=5.0,
+            admin_password=ADMIN_PASSWORD,
         )
         values.update(overrides)
         server = RelayServer(Settings.from_env(environ={}, **values))
@@ -350,3 +381,78 @@ class RelayProcess:
             self.proc.kill()
             self.proc.wait(timeout=30)
         self.log.close()
+
+
+# --- the web UI in a real browser ---------------------------------------------------
+
+
+def missing(reason: str) -> None:
+    """Skip for lack of a system tool; fail instead in CI (RELAY_TESTS_STRICT=1)."""
+    import os
+    if os.environ.get("RELAY_TESTS_STRICT") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    # Without these, Chromium keeps trying to reach Google's hosts (no internet here).
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+
+
+def chromium_path() -> str | None:
+    import shutil
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, driven by Playwright (never a downloaded browser)."""
+    path = chromium_path()
+    if path is None:
+        missing("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@dataclasses.dataclass
+class Browsing:
+    """One browser page logged in to one relay, and what its console complained about."""
+
+    page: Any
+    relay: RelayServer
+    problems: list[str]
+
+    def go(self, path: str) -> Any:
+        return self.page.goto(self.relay.url + path)
+
+    def screenshot(self, name: str) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+def open_ui(browser: Any, relay: RelayServer, *, login: bool = True) -> Browsing:
+    """A new browser context (its own cookies) on ``relay``, logged in as admin."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    problems: list[str] = []
+    # A CSP violation or a script error shows up in the console: the tests fail on it.
+    # (A page answered with an error status, e.g. 401 for a wrong password, is not one.)
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error"
+            and "the server responded with a status of" not in m.text else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    browsing = Browsing(page, relay, problems)
+    if login:
+        browsing.go("/login")
+        page.fill("input[name=name]", "admin")
+        page.fill("input[name=password]", ADMIN_PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(relay.url + "/")
+    return browsing
