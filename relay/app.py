@@ -30,6 +30,7 @@ from .destinations import DestinationContext, Pacers
 from .errors import ConfigError
 from .ingest import receive
 from .metrics import Metrics, metrics
+from .outbound import Policy, guarded_client, parse_networks
 from .recipes import Recipes, load_recipes, recipe_files
 from .retention import Retention
 from .routing import Router
@@ -121,7 +122,9 @@ class Runtime:
         self.pacers = Pacers()
         self.config = load_config(settings, self.secrets, self.pacers)
         self._tell_secrets()
-        self.client = httpx.AsyncClient(
+        # Every delivery connection is checked against RELAY_ALLOW_NETWORKS (outbound.py).
+        self.client = guarded_client(
+            Policy(parse_networks(settings.allow_networks)),
             limits=httpx.Limits(max_connections=max(settings.concurrency, 10)),
             headers={"User-Agent": "relay"},
         )

@@ -21,10 +21,10 @@ from typing import Any
 
 import jinja2
 import jmespath
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jmespath import functions as jp_functions
 
 from .errors import MappingError
+from .sandbox import MAX_TEXT, BoundedSandbox, LimitExceeded, render, time_limit
 
 
 class RelayFunctions(jp_functions.Functions):
@@ -65,11 +65,31 @@ class RelayFunctions(jp_functions.Functions):
     def _func_replace(self, s: str | None, old: str, new: str) -> str | None:
         if s is None:
             return None
-        return s.replace(old, new) if old else s
+        if not old:
+            return s
+        _text_limit(len(s) + s.count(old) * max(0, len(new) - len(old)), "replace")
+        return s.replace(old, new)
+
+    @jp_functions.signature({"types": ["string"]}, {"types": ["array-string"]})
+    def _func_join(self, separator: str, items: list[str]) -> str:
+        _text_limit(sum(map(len, items)) + len(separator) * max(0, len(items) - 1), "join")
+        return separator.join(items)
 
     @jp_functions.signature({"types": []})
     def _func_to_json(self, value: Any) -> str:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        # Piece by piece: [@, @] nested ten deep is 1,024 copies of the event.
+        chunks, total = [], 0
+        for chunk in json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).iterencode(value):
+            total += len(chunk)
+            _text_limit(total, "to_json")
+            chunks.append(chunk)
+        return "".join(chunks)
+
+
+def _text_limit(length: int, function: str) -> None:
+    if length > MAX_TEXT:
+        raise LimitExceeded(f"{function}() would build a text of {length:,} characters "
+                            f"(the limit is {MAX_TEXT:,})")
 
 
 JMESPATH_OPTIONS = jmespath.Options(custom_functions=RelayFunctions())
@@ -83,8 +103,8 @@ def _field_filter(items: Any, key: str) -> Any:
     return RelayFunctions()._func_field(items if isinstance(items, list) else None, key)
 
 
-def make_jinja() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+def make_jinja() -> BoundedSandbox:
+    env = BoundedSandbox(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         finalize=_finalize,
@@ -118,7 +138,10 @@ class Expression:
 
     def evaluate(self, root: Any) -> Any:
         try:
-            result = self.parsed.search(root, options=JMESPATH_OPTIONS)
+            with time_limit():
+                result = self.parsed.search(root, options=JMESPATH_OPTIONS)
+        except LimitExceeded as e:
+            raise MappingError(f"{self.source!r} was stopped: {e}") from None
         except jmespath.exceptions.JMESPathError as e:
             raise MappingError(f"{self.source!r} failed: {_jp_message(e)}") from None
         except TypeError as e:  # to_json(&name): an expression reference is not data
@@ -130,13 +153,29 @@ class Expression:
 _DATA = (str, int, float, bool, type(None))
 
 
+MAX_NODES = 1_000_000  # values in one result, counting a value each time it appears
+MAX_RESULT_TEXT = 20 * MAX_TEXT  # characters of text in one result
+
+
 def _only_data(source: str, value: Any) -> None:
     """Refuse a result that is not plain JSON data (``&name`` gives an expression
-    reference, which cannot be sent or stored). Iterative: payloads may be deep."""
+    reference, which cannot be sent or stored), or that would be too big to store:
+    ``[@, @]`` nested ten deep is 1,024 copies of the event. Iterative: payloads may
+    be deep."""
     stack = [value]
+    nodes = text = 0
     while stack:
         item = stack.pop()
-        if isinstance(item, dict):
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise MappingError(f"{source!r} gave a result of more than {MAX_NODES:,} values; "
+                               "relay stopped it (is an expression repeating the whole event?)")
+        if isinstance(item, str):
+            text += len(item)
+            if text > MAX_RESULT_TEXT:
+                raise MappingError(f"{source!r} gave a result of more than {MAX_RESULT_TEXT:,} "
+                                   "characters; relay stopped it")
+        elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
@@ -162,7 +201,10 @@ class Template:
     def evaluate(self, root: Any) -> str:
         context = root if isinstance(root, dict) else {"_item": root}
         try:
-            return self.template.render(context)
+            with time_limit():
+                return render(self.template, context)
+        except LimitExceeded as e:
+            raise MappingError(f"the template was stopped: {e}") from None
         except jinja2.UndefinedError as e:
             raise MappingError(f"the template uses something the event does not have: {e.message}") from None
         except jinja2.exceptions.SecurityError as e:

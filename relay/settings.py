@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .outbound import parse_networks
 
 
 def _size(text: str) -> int:
@@ -112,6 +113,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("forwarded_allow_ips", "RELAY_FORWARDED_ALLOW_IPS", "", str,
             "Addresses of reverse proxies whose X-Forwarded-For/-Proto headers are trusted "
             "(comma-separated, or * for any). Empty: forwarded headers are ignored."),
+    Setting("allow_networks", "RELAY_ALLOW_NETWORKS", "", str,
+            "Non-public addresses deliveries may go to: `loopback` (this machine), `private` "
+            "(10.x, 172.16-31.x, 192.168.x, 100.64/10, fc00::/7) and/or networks such as "
+            "192.168.1.0/24, comma-separated. Empty: only public internet addresses. Cloud "
+            "metadata and link-local addresses (169.254.0.0/16, fd00:ec2::254) stay refused "
+            "unless named as a network."),
     Setting("admin_password", "RELAY_ADMIN_PASSWORD", None, str,
             "Password for the web UI's first account, `admin`, created at the first start "
             "when there is no account yet. Unset: relay makes one up and prints it once."),
@@ -147,6 +154,7 @@ class Settings:
     metrics_token: str | None = None
     log_format: str = "text"
     forwarded_allow_ips: str = ""
+    allow_networks: str = ""
     admin_password: str | None = None
     #: where senders reach relay; ``validate`` fills it from host and port when empty
     public_url: str = ""
@@ -198,6 +206,7 @@ class Settings:
                 env = next(s.env for s in SETTINGS if s.name == name)
                 raise ConfigError(f"{env} must be greater than zero.")
         self.public_url = _public_url(self.public_url, self.host, self.port)
+        parse_networks(self.allow_networks)  # raises ConfigError naming the bad part
 
 
 def _public_url(url: str, host: str, port: int) -> str:

@@ -323,6 +323,8 @@ def make_relay(tmp_path: Path) -> Iterator[Callable[..., RelayServer]]:
             recipes=tmp_path / "recipes", db=tmp_path / "relay.db", data=tmp_path / "data",
             retry_base=0.2, retry_max_delay=2.0, delivery_timeout=5.0,
             admin_password=ADMIN_PASSWORD,
+            # Sinks and fake vendor APIs listen on 127.0.0.1.
+            allow_networks="loopback",
         )
         values.update(overrides)
         server = RelayServer(Settings.from_env(environ={}, **values))
@@ -351,6 +353,8 @@ class RelayProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(tmp / f"relay-{port}-{time.time_ns()}.log", "wb")
+        # Sinks and fake vendor APIs listen on 127.0.0.1.
+        env = {"RELAY_ALLOW_NETWORKS": "loopback", **env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve", "--port", str(port)],
             cwd=tmp, env=env, stdout=self.log, stderr=subprocess.STDOUT,

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import httpx
 
 from ..errors import ConfigError, DeliveryFailed
+from ..outbound import AddressRefused
 from ..settings import Settings
 from .pacing import Pacer, Pacers
 
@@ -258,6 +259,8 @@ async def _send_http(
     except httpx.TimeoutException:
         raise DeliveryFailed(
             f"no answer within {ctx.timeout:g} s; relay will retry", retryable=True) from None
+    except AddressRefused as e:
+        raise DeliveryFailed(f"not sent to {httpx.URL(url).host}: {e}", retryable=False) from None
     except httpx.TransportError as e:
         raise DeliveryFailed(
             f"could not connect to {httpx.URL(url).host}: {type(e).__name__}: {e or 'connection failed'}; "

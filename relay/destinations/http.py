@@ -14,6 +14,12 @@ sign:
 Every request carries ``Idempotency-Key`` (the same on every attempt of one
 delivery), so a receiver can drop the duplicates that at-least-once delivery
 can produce.
+
+The url may take values from the mapped fields after its host:
+``https://crm.example.com/contacts/{{ contact_id }}``. Each value is
+percent-encoded (a ``/``, ``?``, ``#`` or ``@`` in it stays data), and the
+scheme, host and port are the ones the recipe wrote: event data cannot send a
+delivery anywhere else.
 """
 
 from __future__ import annotations
@@ -25,10 +31,14 @@ import json
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
+import jinja2
 
+from ..errors import DeliveryFailed
+from ..mapping import is_template
+from ..sandbox import BoundedSandbox, LimitExceeded, render, time_limit
 from .base import (
     USER_AGENT,
     DeliveryContext,
@@ -44,6 +54,65 @@ METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SCHEMES = frozenset({"standard", "hmac-sha256"})
 
 
+def _quoted(value: Any) -> str:
+    return quote("" if value is None else flat_value(value), safe="")
+
+
+# Every {{ value }} in a url is percent-encoded as it is written out.
+URL_JINJA = BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=False, finalize=_quoted)
+
+
+class UrlTemplate:
+    """A destination url, fixed or with ``{{ field }}`` parts after the host."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.template: jinja2.Template | None = None
+        fixed = text
+        if is_template(text):
+            fixed = text[:min(i for i in (text.find("{{"), text.find("{%")) if i >= 0)]
+            parts = urlsplit(fixed)
+            if parts.scheme not in ("http", "https") or not parts.netloc or not parts.path.startswith("/"):
+                raise OptionError(
+                    "only the part of the url after the host can use {{ }}: write the scheme, host "
+                    "and a / first, e.g. https://crm.example.com/contacts/{{ contact_id }}", "url")
+            try:
+                self.template = URL_JINJA.from_string(text)
+            except jinja2.TemplateSyntaxError as e:
+                raise OptionError(f"the url's template is not valid: {e.message}", "url") from None
+        try:
+            parsed = httpx.URL(fixed)
+        except (httpx.InvalidURL, TypeError) as e:
+            raise OptionError(f"{text!r} is not a URL: {e}", "url") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise OptionError(
+                f"the url must start with http:// or https:// and name a host, not {text!r}", "url")
+        self.origin = (parsed.scheme, parsed.host, parsed.port)
+
+    def for_payload(self, payload: Any) -> str:
+        """The url for one delivery. :raises DeliveryFailed: (permanent) when it cannot be made."""
+        if self.template is None:
+            return self.text
+        context = dict(payload) if isinstance(payload, Mapping) else {"value": payload}
+        try:
+            with time_limit():
+                url = render(self.template, context)
+        except jinja2.UndefinedError as e:
+            raise DeliveryFailed(f"the url uses a field the delivery does not have: {e.message}",
+                                 retryable=False) from None
+        except (LimitExceeded, jinja2.TemplateError, ValueError, TypeError, ArithmeticError) as e:
+            raise DeliveryFailed(f"the url could not be made: {e}", retryable=False) from None
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as e:
+            raise DeliveryFailed(f"the url made from this delivery is not valid: {e}",
+                                 retryable=False) from None
+        if (parsed.scheme, parsed.host, parsed.port) != self.origin:  # cannot happen: belt and braces
+            raise DeliveryFailed("the url made from this delivery points at another host; not sent",
+                                 retryable=False)
+        return url
+
+
 
 class HttpDestination(Destination):
     type = "http"
@@ -53,14 +122,7 @@ class HttpDestination(Destination):
     def __init__(self, config: Mapping[str, Any], context: DestinationContext) -> None:
         super().__init__(config, context)
         self.url = str(config["url"]).strip()
-        try:
-            parsed = httpx.URL(self.url)
-        except (httpx.InvalidURL, TypeError) as e:
-            raise OptionError(f"{self.url!r} is not a URL: {e}", "url") from None
-        if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise OptionError(
-                f"the url must start with http:// or https:// and name a host, not {self.url!r}",
-                "url")
+        self.url_template = UrlTemplate(self.url)
         self.method = str(config.get("method", "POST")).upper()
         if self.method not in METHODS:
             raise OptionError(f"method must be one of {', '.join(sorted(METHODS))}", "method")
@@ -118,11 +180,13 @@ class HttpDestination(Destination):
         if self.sign_secret is not None:
             headers.update({k: "<signed when sent>" for k in
                             self.signature_headers(content, "msg", time.time())})
-        return {"type": self.type, "method": self.method, "url": self.url, "headers": headers,
+        return {"type": self.type, "method": self.method, "url": self.url_template.for_payload(payload),
+                "headers": headers,
                 "body": payload if self.body == "json" else content.decode()}
 
     async def send(self, payload: Any, ctx: DeliveryContext) -> Sent:
         content, content_type = self.encode(payload)
         headers = self.request_headers(content_type, ctx.idempotency_key)
         headers.update(self.signature_headers(content, ctx.idempotency_key, time.time()))
-        return await send_http(ctx, self.method, self.url, headers=headers, content=content)
+        url = self.url_template.for_payload(payload)
+        return await send_http(ctx, self.method, url, headers=headers, content=content)
