@@ -100,11 +100,13 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None, socket_options: Any = None,
                           ) -> httpcore.AsyncNetworkStream:
-        with anyio.fail_after(timeout):
-            try:
+        try:
+            with anyio.fail_after(timeout):
                 infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as e:
-                raise httpcore.ConnectError(f"cannot resolve {host}: {e}") from e
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"looking up {host} took longer than {timeout} s") from None
+        except OSError as e:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {e}") from e
         addresses: list[str] = []
         refusals: list[str] = []
         for _family, _type, _proto, _name, sockaddr in infos:
@@ -118,9 +120,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         if not addresses:
             raise AddressRefused(refusals[0] if refusals else f"{host} has no address")
         last: Exception | None = None
-        for address in addresses:  # the checked address itself, not the name again
+        for checked in addresses:  # the checked address itself, not the name again
             try:
-                return await self.inner.connect_tcp(address, port, timeout=timeout,
+                return await self.inner.connect_tcp(checked, port, timeout=timeout,
                                                     local_address=local_address,
                                                     socket_options=socket_options)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:

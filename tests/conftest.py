@@ -410,9 +410,13 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright (never a downloaded browser)."""
+    """Debian's Chromium, headless, driven by Playwright (never a downloaded browser).
+
+    Per module: Playwright's sync API keeps an asyncio loop marked running in this
+    thread while it is started, which would break asyncio.run() in later test files.
+    """
     path = chromium_path()
     if path is None:
         missing("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")

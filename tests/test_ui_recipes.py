@@ -608,6 +608,14 @@ to:
     wait_until(lambda: [r for r in sink.received if r.path == "/crm"])
     body = [r for r in sink.received if r.path == "/crm"][0].json()
     assert body["org"] == "Awesome Org" and body["email"] == "john@example.com"
+
+    # ... and the delivery is in the log, delivered, with what was sent on its event's page.
+    ui.go("/log?status=delivered&recipe=tikkl-crm")
+    row = page.locator("tr.log-row")
+    expect(row).to_have_count(1)
+    expect(row.locator(".badge.delivered")).to_be_visible()
+    row.locator("a[href^='/log/events/']").click()
+    expect(page.locator("main")).to_contain_text("Awesome Org")
     assert ui.problems == []
 
 
