@@ -9,12 +9,15 @@ reason, so "why didn't my webhook arrive?" has an answer.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
+import math
 import re
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse
@@ -53,51 +56,187 @@ def first_headers(request: HttpRequest) -> dict[str, str]:
     return out
 
 
+def repeated_headers(request: HttpRequest) -> frozenset[str]:
+    """Lower-cased names of the headers the request carries more than once.
+
+    A verifier that reads one of them refuses the request (``Request.header``): the
+    first copy is only a guess at what the platform sent.
+    """
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for raw_name, _ in request.headers.raw:
+        name = raw_name.decode("latin-1").lower()
+        (repeated if name in seen else seen).add(name)
+    return frozenset(repeated)
+
+
+class BodyTimeout(BadBody):
+    status = 408
+
+
+#: Seconds the whole body may take to arrive. Without a bound, a Content-Length
+#: larger than what is sent (or a sender that stalls) would hold the request forever.
+BODY_TIMEOUT = 30.0
+
+
 async def read_body(request: HttpRequest, limit: int) -> bytes:
     """The whole body, refused as soon as it passes ``limit`` bytes.
 
     :raises BodyTooLarge: from Content-Length alone when it says too much, or
         while reading, without buffering more than ``limit`` bytes.
     :raises BadBody: for a malformed Content-Length or a compressed body.
+    :raises BodyTimeout: when the body has not all arrived within ``BODY_TIMEOUT``.
     """
     too_large = BodyTooLarge(
         f"The body is larger than this relay accepts ({limit} bytes). If these webhooks "
         "are genuine, raise RELAY_MAX_BODY.")
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.strip().isdigit():
+        text = declared.strip()
+        if not (text.isascii() and text.isdigit()):
             raise BadBody("The Content-Length header is not a number.")
-        if int(declared) > limit:
+        if len(text) > 18:  # more than any body could be, and int() would refuse 4300+ digits
             raise too_large
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise BadBody(f"Compressed bodies ({encoding}) are not accepted; send plain JSON.")
+        if int(text) > limit:
+            raise too_large
+    # Every Content-Encoding header, each a list: "identity, gzip" is compressed too.
+    encodings = [e.strip().lower() for value in request.headers.getlist("content-encoding")
+                 for e in value.split(",")]
+    for encoding in encodings:
+        if encoding not in ("", "identity"):
+            raise BadBody(f"Compressed bodies ({encoding[:40]}) are not accepted; send plain JSON.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        with anyio.fail_after(BODY_TIMEOUT):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        said = f" of the {declared.strip()} bytes its Content-Length announced" if declared else ""
+        raise BodyTimeout(
+            f"Only {size} bytes{said} arrived within {BODY_TIMEOUT:g} seconds. Send the "
+            "whole body at once, with a Content-Length that matches it.") from None
     return b"".join(chunks)
 
 
+#: Longest number (in characters) a body may hold: far beyond any real id or amount,
+#: and short enough that converting it costs nothing.
+MAX_NUMBER_LENGTH = 1000
+
+
+class _Refused(ValueError):
+    """A JSON text relay will not take, with the plain reason why."""
+
+
 def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise _Refused(f"The JSON holds {name}, which is not a JSON number; send it as a string "
+                   "or null.")
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_LENGTH:
+        raise _Refused(f"The JSON holds a number {len(text)} digits long; relay takes numbers "
+                       f"of at most {MAX_NUMBER_LENGTH} characters.")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER_LENGTH:
+        raise _Refused(f"The JSON holds a number {len(text)} characters long; relay takes "
+                       f"numbers of at most {MAX_NUMBER_LENGTH} characters.")
+    value = float(text)
+    if math.isinf(value):
+        raise _Refused(f"The JSON number {text[:40]} is too large to be represented; "
+                       "send it as a string.")
+    return value
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(f"The JSON has the key {key[:40]!r} twice in one object, so "
+                               "relay cannot tell which value is meant. Send each key once.")
+            seen.add(key)
+    return obj
+
+
+#: Deepest nesting a body may have. Python's own limit (about a thousand, less the
+#: stack already in use) differs between ingest and the router, the recipes and the
+#: store; a fixed, lower one means whatever ingest accepts, every later step can handle.
+MAX_DEPTH = 100
+
+
+def _too_deep(payload: Any) -> bool:
+    """Is ``payload`` nested more than ``MAX_DEPTH`` levels? (Level by level, no recursion.)"""
+    level = [payload] if isinstance(payload, (dict, list)) else []
+    for _ in range(MAX_DEPTH):
+        level = [child for node in level
+                 for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+        if not level:
+            return False
+    return True
+
+
+#: A \u escape of a UTF-16 surrogate: only these make text that is not UTF-8 (a lone
+#: half cannot be stored or sent on), so only then is the parsed payload checked.
+LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _encodable(payload: Any) -> bool:
+    """Is every string in ``payload`` valid Unicode (no lone surrogate)?"""
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return False
+    return True
 
 
 def parse_json(body: bytes) -> Any:
-    """:raises BadBody: unless the body is a JSON object or array."""
+    """:raises BadBody: unless the body is a UTF-8 JSON object or array, in plain JSON.
+
+    Refused with a plain reason: a byte-order mark or another encoding than UTF-8,
+    nesting deeper than ``MAX_DEPTH``, numbers that are not finite or are
+    over ``MAX_NUMBER_LENGTH`` characters, a key repeated within one object, and a
+    ``\\u`` escape of a lone surrogate (text that cannot be stored as UTF-8).
+    """
     if not body.strip():
         raise BadBody("The body is empty; relay expects a JSON object.")
+    too_deep = BadBody(f"The JSON is nested too deeply (relay takes up to {MAX_DEPTH} levels); "
+                       "send a flatter document.")
+    if body.startswith(codecs.BOM_UTF8):
+        raise BadBody("The body starts with a byte-order mark (BOM); send the JSON as UTF-8 "
+                      "without one.")
     try:
-        payload = json.loads(body, parse_constant=_no_constants)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadBody(f"The body is not UTF-8 text (byte {e.start} is not valid UTF-8); "
+                      "send the JSON as UTF-8.") from None
+    try:
+        payload = json.loads(text, parse_constant=_no_constants, parse_int=_int,
+                             parse_float=_float, object_pairs_hook=_object)
     except RecursionError:
-        raise BadBody("The JSON is nested too deeply.") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadBody(f"The body is not valid JSON: {e}") from None
+        raise too_deep from None
+    except _Refused as e:
+        raise BadBody(str(e)) from None
+    except ValueError as e:
+        raise BadBody(f"The body is not valid JSON: {e}. relay expects the platform's JSON "
+                      "object, sent as it is.") from None
+    # At most one level per bracket: only a body with many can be too deep.
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(payload):
+        raise too_deep
+    if LONE_SURROGATE_ESCAPE.search(text) and not _encodable(payload):
+        raise BadBody("The JSON holds a \\u escape of half a UTF-16 surrogate pair, which is "
+                      "not text; send the character itself, or both halves of the pair.")
     if not isinstance(payload, (dict, list)):
-        raise BadBody("The body is JSON but not an object or a list.")
+        raise BadBody("The body is JSON but not an object or a list; relay expects the "
+                      "platform's JSON object.")
     return payload
 
 
@@ -148,11 +287,13 @@ async def receive(request: HttpRequest) -> JSONResponse:
         count(label, "rejected", BadBody.status)
         return error_response(BadBody("The client went away before sending the whole body."))
     except RelayError as e:
-        body_size = int(headers.get("content-length", "0") or 0) if e.status == 413 else 0
+        declared = headers.get("content-length", "").strip()
+        body_size = (int(declared) if e.status == 413 and declared.isascii()
+                     and declared.isdigit() and len(declared) <= 18 else 0)
         return await reject(e)
     now = time.time()
     try:
-        described_request = Request(headers, body, token)
+        described_request = Request(headers, body, token, repeated_headers(request))
         platform.verify(described_request, now=now, tolerance=runtime.settings.timestamp_tolerance)
         payload = parse_json(body)
         described = platform.describe(described_request, payload)

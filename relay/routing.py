@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -125,6 +126,25 @@ def route_event(recipes: Recipes, event: dict[str, Any]) -> Routed:
     return routed
 
 
+def record(store: Store, event: dict[str, Any], routed: Routed) -> int:
+    """Store one event's outcomes; an event that cannot be stored as routed is marked
+    failed, so that one bad event never holds up the ones behind it.
+
+    A storage error (disk full, database locked) is not the event's fault: it goes up,
+    and the whole batch is tried again.
+    """
+    try:
+        return store.record_routing(event["id"], routed.routes, routed.deliveries)
+    except sqlite3.OperationalError:
+        raise
+    except Exception as e:
+        log.exception("event %s could not be routed", event["id"])
+        store.record_routing(event["id"], [{
+            "recipe": "*", "outcome": "error",
+            "message": f"relay could not queue this event's deliveries: {type(e).__name__}: {e}"}], [])
+        return 0
+
+
 class Router:
     """Routes stored events in the background, oldest first."""
 
@@ -162,8 +182,7 @@ class Router:
 
         def save(store: Store) -> int:
             store.index_for_search(events)  # searchable in the log from the same commit on
-            return sum(store.record_routing(e["id"], r.routes, r.deliveries)
-                       for e, r in zip(events, routed, strict=True))
+            return sum(record(store, e, r) for e, r in zip(events, routed, strict=True))
 
         if await self.writer.run(save):
             self.on_queued()

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -31,9 +32,23 @@ class Request:
     headers: Mapping[str, str]
     body: bytes
     token: str | None = None  # the optional last segment of /hooks/{source}/{token}
+    #: lower-case names of headers the request carried more than once
+    repeated: frozenset[str] = frozenset()
 
     def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
+        """The header's value; a header sent twice is refused rather than guessed at.
+
+        :raises SignatureMismatch: when the request carried ``name`` more than once.
+        """
+        key = name.lower()
+        if key in self.repeated:
+            # Which copy would the sender's proxy, or the recipe, have used? Refuse
+            # instead of picking one: a platform sends each of its headers once.
+            raise SignatureMismatch(
+                f"The request carries the {name} header more than once, so relay cannot "
+                "tell which one the platform sent. Send it once."
+            )
+        return self.headers.get(key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +109,9 @@ class Platform:
 DIGESTS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 
 
+HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+
+
 def mac(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
     return hmac.new(key, message, DIGESTS[algorithm]).digest()
 
@@ -101,24 +119,28 @@ def mac(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
 def decode_signature(text: str, encoding: str, size: int) -> bytes | None:
     """Decode a signature in ``hex``, ``base64`` or ``any`` (either) to raw bytes.
 
+    Only the canonical spelling of the digest is read: hex digits (either case, as
+    base 16 is case-insensitive) or base64 in the standard or the URL-safe alphabet
+    with its padding. Anything a lenient decoder would skip (inner whitespace, stray
+    characters, text after the padding, missing padding, non-zero spare bits) makes
+    it not a signature.
+
     Returns None when the text is not a signature of the expected size in that
     encoding: the caller treats that as a mismatch, never as an error of its own.
     """
     text = text.strip()
     candidates: list[bytes] = []
-    if encoding in ("hex", "any"):
-        try:
-            candidates.append(bytes.fromhex(text))
-        except ValueError:
-            pass
-    if encoding in ("base64", "any"):
-        for decoder in (base64.b64decode, base64.urlsafe_b64decode):
+    if encoding in ("hex", "any") and HEX.fullmatch(text):
+        candidates.append(bytes.fromhex(text))
+    if encoding in ("base64", "any") and text.isascii():
+        for encode, decode in ((base64.b64encode, base64.b64decode),
+                               (base64.urlsafe_b64encode, base64.urlsafe_b64decode)):
             try:
-                candidates.append(decoder(text.encode("ascii"), validate=True)
-                                  if decoder is base64.b64decode
-                                  else decoder(text.encode("ascii")))
-            except (binascii.Error, ValueError, UnicodeEncodeError):
-                pass
+                raw = decode(text)
+            except (binascii.Error, ValueError):
+                continue
+            if encode(raw).decode("ascii") == text:  # canonical: nothing skipped or added
+                candidates.append(raw)
     for candidate in candidates:
         if len(candidate) == size:
             return candidate
@@ -154,12 +176,14 @@ def check_timestamp(raw: str, *, now: float, tolerance: float, header: str) -> i
 
     :raises StaleTimestamp: when the timestamp is not a number or is outside the window.
     """
-    try:
-        ts = int(raw.strip())
-    except ValueError:
-        raise StaleTimestamp(f"The {header} value {raw[:40]!r} is not a Unix timestamp.") from None
-    if ts > 10**12 or ts < 0:  # not seconds since 1970 (milliseconds, or garbage)
+    text = raw.strip()
+    # ASCII digits only: int() would also take "+1", "1_750_000_000" and other scripts'
+    # digits, spellings no platform sends.
+    if not (text.isascii() and text.isdigit()):
+        raise StaleTimestamp(f"The {header} value {raw[:40]!r} is not a Unix timestamp.")
+    if len(text) > 12 or int(text) > 10**12:  # not seconds since 1970 (milliseconds, or garbage)
         raise StaleTimestamp(f"The {header} value {raw[:40]!r} is not a Unix timestamp in seconds.")
+    ts = int(text)
     # Whole seconds on both sides: timestamps have no fraction, so a float "now"
     # would let a timestamp 301 s off look like 300.4 s off.
     away = abs(int(now) - ts)
