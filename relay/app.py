@@ -27,7 +27,7 @@ from starlette.routing import Route
 
 from .delivery import Deliverer
 from .destinations import DestinationContext, Pacers
-from .errors import ConfigError
+from .errors import ConfigError, RelayError
 from .ingest import receive
 from .metrics import Metrics, metrics
 from .outbound import Policy, guarded_client, parse_networks
@@ -196,7 +196,10 @@ class State(TypedDict):
 
 async def healthz(request: Request) -> JSONResponse:
     runtime: Runtime = request.state.runtime
-    writable = await runtime.writer.run(lambda s: s.writable())
+    try:
+        writable = await runtime.writer.run(lambda s: s.writable())
+    except RelayError:  # locked past the busy timeout, say: not writable, and not a 500
+        writable = False
     if not writable:
         return JSONResponse({"status": "error", "error": "the database is not writable"},
                             status_code=503)
