@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import re
 import socket
 import subprocess
@@ -25,10 +26,17 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from hypothesis import settings
 
 from relay.app import create_app
 from relay.settings import Settings
 from relay.sources import PLATFORMS
+
+# Hypothesis: the same examples on every run (CI is repeatable), unless RELAY_FUZZ=N
+# asks for a longer fuzzing run: N times the examples, new ones each time.
+FUZZ_SCALE = max(1, int(os.environ.get("RELAY_FUZZ", "1") or 1))
+settings.register_profile("relay", derandomize=FUZZ_SCALE == 1, database=None)
+settings.load_profile("relay")
 
 SAMPLES = Path(__file__).parent / "samples"
 ROOT = Path(__file__).parent.parent

@@ -51,14 +51,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request as HttpRequest
 
-from conftest import ROOT, RelayServer, Sink, wait_until, write_recipe
+from conftest import FUZZ_SCALE, ROOT, RelayServer, Sink, wait_until, write_recipe
 from relay import ingest
 from relay.errors import RelayError
 from relay.settings import Settings
 from relay.sources import PLATFORMS, Platform, Request
 
 TOL = 300
-EXAMPLES = settings(max_examples=25, derandomize=True, deadline=None, database=None,
+EXAMPLES = settings(max_examples=25 * FUZZ_SCALE, derandomize=FUZZ_SCALE == 1, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 HUGE = 100_000
 ACCEPT, UNAUTHORIZED, MALFORMED = 200, 401, 400

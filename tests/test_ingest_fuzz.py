@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SECRETS, RelayServer, sign, write_sources
+from conftest import FUZZ_SCALE, SECRETS, RelayServer, sign, write_sources
 from relay.settings import Settings
 
 SOURCES = ["tikkl", "tito", "quicket", "openticket", "webconnex", "svix", "custom", "nope"]
@@ -36,7 +36,8 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayServer]:
     server.stop()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150 * FUZZ_SCALE, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     source=st.sampled_from(SOURCES),
     token=st.one_of(st.none(), st.text(st.characters(min_codepoint=48, max_codepoint=122), min_size=1,
@@ -53,7 +54,8 @@ def test_arbitrary_requests_never_500(relay: RelayServer, source: str, token: st
     assert "error" in response.json() or response.status_code == 200
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100 * FUZZ_SCALE, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.binary(max_size=3000))
 def test_signed_garbage_is_400_not_500(relay: RelayServer, body: bytes) -> None:
     """Correctly signed, but not JSON: a plain 400, or accepted if it happens to be JSON."""

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import FUZZ_SCALE
 from relay.errors import MappingError
 from relay.mapping import (
     Expression,
@@ -398,7 +399,7 @@ def test_sandbox_refuses_attribute_assignment(template: str) -> None:
 # --- properties -----------------------------------------------------------------------
 
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300 * FUZZ_SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 KEYS = ["email", "name", "first_name", "last_name", "data", "key", "value", "first", "last",
         "tickets", "price", "registrants", "billing", "reference", "id", "_event", "_meta"]
