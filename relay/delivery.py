@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import random
@@ -268,16 +269,23 @@ class Deliverer:
                 (recipe, destination), until = hold
                 store.hold_lane(recipe, destination, until)
 
-        for tries_left in range(5, 0, -1):
+        # Until the database takes it (the disk may be full for a while): given up, the
+        # deliveries would stay 'sending', never tried again before the next start. If
+        # relay stops first, the next start queues them again (at-least-once).
+        wait = 1.0
+        for tries in itertools.count(1):
             try:
                 await self.writer.run(record)
+                if tries > 1:
+                    log.info("recorded the attempts of deliveries %s after %d tries",
+                             [d["id"] for d in batch], tries)
                 return
-            except RelayError:
-                if tries_left == 1:
-                    # Left 'sending': the next start queues them again (at-least-once).
-                    log.error("could not record attempts of deliveries %s", [d["id"] for d in batch])
-                    raise
-                await asyncio.sleep(1.0)
+            except RelayError as e:
+                if tries == 1:
+                    log.error("could not record the attempts of deliveries %s (%s); retrying",
+                              [d["id"] for d in batch], e.message)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 10.0)
 
     def _after_failure(self, delivery: dict[str, Any], number: int, failure: DeliveryFailed,
                        error: str) -> tuple[str, float | None, str]:

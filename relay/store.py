@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -32,6 +33,8 @@ from .errors import StorageUnavailable
 from .ui.queries import LogQueries
 
 T = TypeVar("T")
+
+log = logging.getLogger("relay.store")
 
 migrations = Migrations("relay")
 
@@ -244,6 +247,7 @@ class Store(LogQueries):
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.db = connect(self.path)
+        self.probed = False  # set by writable(), for the Writer
 
     def close(self) -> None:
         self.db.close()
@@ -268,11 +272,23 @@ class Store(LogQueries):
         self.db.execute("COMMIT")
 
     def writable(self) -> bool:
+        """Whether the database file takes a write now (``/healthz``).
+
+        A 64 KiB row goes into the main database and is rolled back: the file must
+        have room for it (a full ``max_page_count`` shows here), and the commit, which
+        still writes a page or two, must reach the disk (a full disk shows only there:
+        on the writer, a probe whose commit fails is answered False, see ``Writer``).
+        A temporary table would not do: it lives elsewhere, and says yes on a full disk.
+        """
+        self.probed = True
         try:
             with self.db.atomic():
-                self.db.execute("CREATE TEMP TABLE IF NOT EXISTS _healthz(x)")
-                self.db.execute("INSERT INTO _healthz VALUES (1)")
-                self.db.execute("DELETE FROM _healthz")
+                self.db.execute("SAVEPOINT writable_probe")
+                self.db.execute(
+                    "INSERT INTO rejections (source, received_at, status_code, reason, headers,"
+                    " body_prefix, body_size) VALUES ('', 0, 0, '', '{}', zeroblob(65536), 0)")
+                self.db.execute("ROLLBACK TO writable_probe")
+                self.db.execute("RELEASE writable_probe")
             return True
         except sqlite3.Error:
             return False
@@ -727,7 +743,8 @@ class Writer:
 
     ``await writer.run(fn)`` runs ``fn(store)`` on the writer thread and returns
     its result once the transaction holding it has committed. Jobs queued while a
-    commit is in progress share the next transaction.
+    commit is in progress share the next transaction. A job that asked
+    ``Store.writable()`` gets False, not an error, when that transaction cannot commit.
     """
 
     MAX_BATCH = 256
@@ -766,35 +783,74 @@ class Writer:
                     stop = True
                     break
                 batch.append(more)
-            self._run_batch(batch)
+            try:
+                self._run_batch(batch)
+            except Exception as e:  # never let the one writer thread die: nothing would be written
+                log.exception("the writer failed on a batch")
+                with contextlib.suppress(sqlite3.Error):
+                    if self.store.db.conn.in_transaction:
+                        self.store.db.execute("ROLLBACK")
+                failure = StorageUnavailable(f"the database cannot be written: {e}")
+                for job in batch:  # those not told yet
+                    job.loop.call_soon_threadsafe(_settle, job.future, None, failure)
             if stop:
                 return
+
+    def _begin(self) -> StorageUnavailable | None:
+        try:
+            self.store.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            return StorageUnavailable(f"the database cannot be written: {e}")
+        return None
+
+    @staticmethod
+    def _undo(results: list[tuple[Any, BaseException | None]], probes: list[bool], start: int,
+              cause: BaseException | str) -> None:
+        """The jobs from ``start`` on lost their work: tell them (a probe: not writable)."""
+        failure = StorageUnavailable(f"the database cannot be written: {cause}")
+        for i in range(start, len(results)):
+            if probes[i]:
+                results[i] = (False, None)
+            elif results[i][1] is None:
+                results[i] = (None, failure)
 
     def _run_batch(self, batch: list[_Job]) -> None:
         db = self.store.db
         results: list[tuple[Any, BaseException | None]] = []
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            failure = StorageUnavailable(f"the database cannot be written: {e}")
-            for job in batch:
-                job.loop.call_soon_threadsafe(_settle, job.future, None, failure)
-            return
+        probes: list[bool] = []  # which jobs asked Store.writable()
+        opened = 0  # results[opened:] are the jobs of the open transaction
+        failure = self._begin()
         for job in batch:
+            if failure is not None:  # no transaction could be opened: the job does not run
+                results.append((None, failure))
+                probes.append(False)
+                continue
+            self.store.probed = False
+            outcome: tuple[Any, BaseException | None]
             try:
                 with db.atomic():  # a savepoint: a failing job undoes only itself
-                    results.append((job.fn(self.store), None))
+                    outcome = (job.fn(self.store), None)
             except Exception as e:  # the job's own error goes back to its caller
-                results.append((None, e))
-        try:
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
+                outcome = (None, e)
+            results.append(outcome)
+            probes.append(self.store.probed)
+            if not db.conn.in_transaction:
+                # SQLite rolled the whole transaction back, as it may when the disk is
+                # full: the jobs before this one in it are undone too. The next jobs get
+                # a transaction of their own, never autocommit.
+                self._undo(results, probes, opened,
+                           results[-1][1] or "SQLite rolled the transaction back")
+                opened = len(results)
+                failure = self._begin()
+        if failure is None:
             try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            failure = StorageUnavailable(f"the database cannot be written: {e}")
-            results = [(None, failure)] * len(batch)
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                self._undo(results, probes, opened, e)
         for job, (result, error) in zip(batch, results, strict=True):
             if isinstance(error, sqlite3.Error):
                 error = StorageUnavailable(f"the database cannot be written: {error}")

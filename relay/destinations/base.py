@@ -10,6 +10,7 @@ sending it (``relay try``, and later the editor's live preview).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import email.utils
@@ -221,6 +222,23 @@ def describe_status(code: int) -> str:
     return "the destination refused the request: check the recipe's fields against what it expects"
 
 
+def transport_detail(error: BaseException) -> str:
+    """What went wrong on the wire, in the plainest words found in ``error``'s chain."""
+    texts: list[str] = []
+    found: BaseException | None = error
+    for _ in range(8):  # httpx wraps httpcore wraps anyio wraps the OSError
+        if found is None:
+            break
+        if isinstance(found, ConnectionResetError):
+            return "the destination reset the connection"
+        if isinstance(found, ConnectionRefusedError):
+            return "the connection was refused (is the destination running?)"
+        texts.append(str(found))
+        found = found.__cause__ or found.__context__
+    text = next((t for t in texts if t), "connection failed")
+    return f"{type(error).__name__}: {text}"
+
+
 async def send_http(
     ctx: DeliveryContext, method: str, url: str, *, headers: dict[str, str], content: bytes,
     pacer: Pacer | None = None, rate_limit_wait: float | None = None,
@@ -251,20 +269,30 @@ async def send_http(
 async def _send_http(
     ctx: DeliveryContext, method: str, url: str, *, headers: dict[str, str], content: bytes,
 ) -> Sent:
+    host = httpx.URL(url).host
     try:
-        response = await ctx.client.request(
-            method, url, headers=headers, content=content, timeout=ctx.timeout,
-            follow_redirects=False,
-        )
-    except httpx.TimeoutException:
+        # httpx's timeout bounds each connect, read and write; this bounds the whole
+        # request, so that an answer trickling in a byte a second ends too.
+        async with asyncio.timeout(ctx.timeout):
+            response = await ctx.client.request(
+                method, url, headers=headers, content=content, timeout=ctx.timeout,
+                follow_redirects=False,
+            )
+    except (httpx.TimeoutException, TimeoutError):
         raise DeliveryFailed(
             f"no answer within {ctx.timeout:g} s; relay will retry", retryable=True) from None
     except AddressRefused as e:
-        raise DeliveryFailed(f"not sent to {httpx.URL(url).host}: {e}", retryable=False) from None
-    except httpx.TransportError as e:
+        raise DeliveryFailed(f"not sent to {host}: {e}", retryable=False) from None
+    except httpx.ConnectError as e:
         raise DeliveryFailed(
-            f"could not connect to {httpx.URL(url).host}: {type(e).__name__}: {e or 'connection failed'}; "
-            "relay will retry", retryable=True) from None
+            f"could not connect to {host}: {transport_detail(e)}; relay will retry",
+            retryable=True) from None
+    except httpx.TransportError as e:
+        # Connected, but the answer never came whole: the request may have been acted on,
+        # so the retry carries the same Idempotency-Key.
+        raise DeliveryFailed(
+            f"the connection to {host} broke before a whole answer came back: "
+            f"{transport_detail(e)}; relay will retry", retryable=True) from None
     text = response_text(response)
     kept_headers = dict(response.headers)
     code = response.status_code
