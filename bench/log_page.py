@@ -151,32 +151,50 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def relay_env(folder: Path, **extra: str) -> dict[str, str]:
+    """The environment for ``relay serve`` on ``folder`` (its recipes, database and data)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.update({"RELAY_DB": str(folder / "relay.db"), "RELAY_RECIPES": str(folder / "recipes"),
+                "RELAY_DATA": str(folder / "data"), "RELAY_ADMIN_PASSWORD": PASSWORD,
+                "RELAY_RETENTION": "3650d", "RELAY_MAX_DB_SIZE": "1000GB", "PYTHONPATH": str(ROOT)})
+    env.update(extra)
+    return env
+
+
+def start_relay(folder: Path, port: int, **extra: str) -> subprocess.Popen[bytes]:
+    """Start ``relay serve`` on loopback (its output in ``folder/relay.log``); does not wait."""
+    with open(folder / "relay.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "relay", "serve", "--port", str(port)],
+                                cwd=folder, env=relay_env(folder, **extra), stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float = 120, interval: float = 0.2) -> None:
+    """Wait until ``url/healthz`` answers 200. :raises SystemExit: if relay exits or never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"relay exited ({proc.returncode}); its output is in relay.log in its folder")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"relay did not start within {timeout:g} s")
+        time.sleep(interval)
+
+
 @contextlib.contextmanager
 def serving(folder: Path) -> Iterator[str]:
     """``relay serve`` on loopback against the built database; yields its URL."""
     port = free_port()
-    env = {**os.environ, "RELAY_DB": str(folder / "relay.db"), "RELAY_RECIPES": str(folder / "recipes"),
-           "RELAY_DATA": str(folder / "data"), "RELAY_ADMIN_PASSWORD": PASSWORD,
-           "RELAY_RETENTION": "3650d", "RELAY_MAX_DB_SIZE": "1000GB", "PYTHONPATH": str(ROOT)}
-    with open(folder / "relay.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--port", str(port)],
-                                cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"relay exited; see {folder / 'relay.log'}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise SystemExit("relay did not start within 2 minutes")
-                time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    proc = start_relay(folder, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(proc, url)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def login(url: str) -> httpx.Client:
@@ -204,6 +222,46 @@ def timed(client: httpx.Client, path: str, runs: int) -> tuple[float, float, int
     return statistics.median(times), statistics.quantiles(times, n=20)[-1], rows
 
 
+def prepare(folder: Path) -> None:
+    """The recipes folder the log database belongs with: five sources, a recipe each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recipes").mkdir(exist_ok=True)
+    (folder / "recipes" / "sources.yaml").write_text(SOURCES_YAML)
+    for source, _, _ in SOURCES:
+        (folder / "recipes" / f"{source}-crm.yaml").write_text(RECIPE.format(source=source))
+
+
+def ensure_built(folder: Path, events: int) -> list[str]:
+    """Build the database in ``folder`` unless it is already there; returns a few emails."""
+    prepare(folder)
+    emails_file = folder / "emails.json"
+    if not (folder / "relay.db").exists() or not emails_file.exists():
+        print(f"building {events:,} events in {folder} ...", file=sys.stderr)
+        started = time.monotonic()
+        emails_file.write_text(json.dumps(build(folder / "relay.db", events)))
+        print(f"built in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return list(json.loads(emails_file.read_text()))
+
+
+def cases(client: httpx.Client, emails: list[str]) -> list[tuple[str, str]]:
+    """(name, path) of every page timed."""
+    middle = client.get("/log").text
+    newest = re.search(r'data-id="(\d+)"', middle)
+    before = int(newest.group(1)) // 2 if newest else 1
+    return [
+        ("log, newest events", "/log"),
+        ("log, older page (keyset)", f"/log?before={before}"),
+        ("filter: source + status (webconnex dead deliveries)", "/log?source=webconnex&status=dead"),
+        ("filter: source + status (openticket accepted events)", "/log?source=openticket&status=accepted"),
+        ("filter: retrying deliveries, last 24 h", "/log?status=retrying&period=24h"),
+        ("search: one email address", "/log?q=" + (emails[len(emails) // 2] if emails else "x@example.com")),
+        ("search: a common first name", "/log?q=grace"),
+        ("search: the start of an order reference", "/log?q=REF0055"),
+        ("search: the start of a name, in dead deliveries", "/log?q=ros&status=dead"),
+        ("dashboard", "/"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -211,39 +269,13 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build (or reuse) the database in this folder and keep it")
     args = parser.parse_args()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "recipes").mkdir(exist_ok=True)
-    (folder / "recipes" / "sources.yaml").write_text(SOURCES_YAML)
-    for source, _, _ in SOURCES:
-        (folder / "recipes" / f"{source}-crm.yaml").write_text(RECIPE.format(source=source))
     try:
-        emails_file = folder / "emails.json"
-        if not (folder / "relay.db").exists() or not emails_file.exists():
-            print(f"building {args.events:,} events in {folder} ...", file=sys.stderr)
-            started = time.monotonic()
-            emails_file.write_text(json.dumps(build(folder / "relay.db", args.events)))
-            print(f"built in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        emails = json.loads(emails_file.read_text())
+        emails = ensure_built(folder, args.events)
         size = (folder / "relay.db").stat().st_size
         with serving(folder) as url, contextlib.closing(login(url)) as client:
-            middle = client.get("/log").text
-            newest = re.search(r'data-id="(\d+)"', middle)
-            before = int(newest.group(1)) // 2 if newest else 1
-            cases = [
-                ("log, newest events", "/log"),
-                ("log, older page (keyset)", f"/log?before={before}"),
-                ("filter: source + status (webconnex dead deliveries)", "/log?source=webconnex&status=dead"),
-                ("filter: source + status (openticket accepted events)", "/log?source=openticket&status=accepted"),
-                ("filter: retrying deliveries, last 24 h", "/log?status=retrying&period=24h"),
-                ("search: one email address", "/log?q=" + emails[len(emails) // 2]),
-                ("search: a common first name", "/log?q=grace"),
-                ("search: the start of an order reference", "/log?q=REF0055"),
-                ("search: the start of a name, in dead deliveries", "/log?q=ros&status=dead"),
-                ("dashboard", "/"),
-            ]
             print(f"\n{args.events:,} events, database {size / 2**30:.2f} GiB, {args.runs} requests each\n")
             print(f"{'request':<55} {'median':>9} {'p95':>9} {'rows':>5}")
-            for name, path in cases:
+            for name, path in cases(client, emails):
                 median, p95, rows = timed(client, path, args.runs)
                 print(f"{name:<55} {median:7.1f}ms {p95:7.1f}ms {rows:>5}")
     finally:

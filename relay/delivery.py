@@ -108,6 +108,7 @@ class Deliverer:
 
     PER_LANE = 200  # due deliveries looked at per lane each round
     SCAN = 5000  # ... and in all
+    RESCAN = 0.25  # seconds a scan's rows not started yet are started from (step)
 
     def __init__(self, writer: Writer, recipes: Callable[[], Recipes], settings: Settings,
                  client: httpx.AsyncClient, metrics: Metrics | None = None) -> None:
@@ -120,6 +121,8 @@ class Deliverer:
         self.in_flight: set[asyncio.Task[None]] = set()
         self.lanes: dict[tuple[str, int], Lane] = {}
         self.rng = random.Random()
+        self._due: dict[tuple[str, int], list[dict[str, Any]]] = {}  # scanned, not started yet
+        self._scanned = 0.0  # time.monotonic() of that scan
 
     async def run(self) -> None:
         await self.writer.run(lambda s: s.requeue_interrupted())
@@ -137,15 +140,24 @@ class Deliverer:
             await self._wait(1.0)
             return
         now = time.time()
-        rows = await self.writer.run(functools.partial(
-            Store.due_by_lane, now=now, per_lane=self.PER_LANE, limit=self.SCAN))
-        groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for row in rows:
-            groups.setdefault((row["recipe"], row["destination"]), []).append(row)
         recipes = self.recipes()
-        started = 0
-        for key, items in groups.items():
+        # A scan reads every due delivery (a backlog's 10,000 too): its rows not started
+        # yet are started from for up to RESCAN seconds, instead of a scan each time a
+        # slot frees up. Claiming checks that each is still pending; a lane told to wait
+        # drops its rows (_finish), so a hold is kept as if scanned again.
+        age = time.monotonic() - self._scanned
+        if not self._due or age >= self.RESCAN or self._short(recipes):
+            rows = await self.writer.run(functools.partial(
+                Store.due_by_lane, now=now, per_lane=self.PER_LANE, limit=self.SCAN))
+            self._due = {}
+            for row in rows:
+                self._due.setdefault((row["recipe"], row["destination"]), []).append(row)
+            self._scanned, age = time.monotonic(), 0.0
+        plans: list[tuple[tuple[str, int], Destination | None, DeliveryFailed | None,
+                          list[dict[str, Any]]]] = []
+        for key, items in self._due.items():
             lane = self.lanes.setdefault(key, Lane())
+            unusable: DeliveryFailed | None = None
             try:
                 destination: Destination | None = find_destination(recipes, items[0])
                 assert destination is not None
@@ -153,28 +165,53 @@ class Deliverer:
             except DeliveryFailed as failure:  # the recipe is broken or gone
                 destination, size, lane_limit = None, len(items), 1
                 unusable = failure
-            while items and free > 0 and lane.in_flight < lane_limit:
-                batch, items = items[:size], items[size:]
-                ids = await self.writer.run(functools.partial(Store.claim, ids=[d["id"] for d in batch]))
+            planned = 0
+            while items and free > 0 and lane.in_flight + planned < lane_limit:
+                plans.append((key, destination, unusable, items[:size]))
+                del items[:size]
+                planned += 1
+                free -= 1
+        self._due = {key: items for key, items in self._due.items() if items}
+        started = 0
+        if plans:  # one claim (one trip to the writer) for every batch starting now
+            ids = await self.writer.run(functools.partial(
+                Store.claim, ids=[d["id"] for *_, batch in plans for d in batch]))
+            for key, destination, unusable, batch in plans:
                 batch = [d for d in batch if d["id"] in ids]
                 if not batch:
                     continue
-                work = (self.attempt_batch(key, destination, batch) if destination is not None
-                        else self.fail_batch(key, batch, unusable))
-                lane.in_flight += 1
-                free -= 1
+                if destination is not None:
+                    work = self.attempt_batch(key, destination, batch)
+                else:
+                    assert unusable is not None
+                    work = self.fail_batch(key, batch, unusable)
+                self.lanes[key].in_flight += 1
                 started += 1
                 task = asyncio.create_task(work)
                 self.in_flight.add(task)
                 task.add_done_callback(self._done)
         if started:
             return
-        if rows:  # due work, but its lanes are busy: wait for a slot to free up
-            wait = 1.0
+        if self._due:  # due work, but its lanes are busy: wait for a slot, or the next scan
+            wait = min(1.0, self.RESCAN - age)
         else:
             due = await self.writer.run(lambda s: s.next_due_at())
             wait = 1.0 if due is None else min(1.0, due - now)
         await self._wait(max(0.01, wait))
+
+    def _short(self, recipes: Recipes) -> bool:
+        """Has a lane with room fewer rows from the last scan than a whole batch? Then
+        scan again: what was queued since goes in the same batch."""
+        for key, items in self._due.items():
+            try:
+                destination = find_destination(recipes, items[0])
+            except DeliveryFailed:
+                continue
+            lane = self.lanes.get(key) or Lane()
+            if (lane.in_flight < max(1, destination.max_in_flight)
+                    and len(items) < max(1, destination.batch_size)):
+                return True
+        return False
 
     async def _wait(self, seconds: float) -> None:
         self.wake.clear()
@@ -238,6 +275,8 @@ class Deliverer:
             # failures (a 500 on one record) hold only themselves, or one poison record
             # would stall every sale behind it.
             holds = [r.next_at for r in results if r.hold and r.next_at]
+            if holds:  # what the last scan found of this lane waits too
+                self._due.pop(key, None)
             await self._record(batch, results, started, duration,
                                hold=(key, max(holds)) if holds else None)
             now = time.time()
