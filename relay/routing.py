@@ -76,13 +76,19 @@ def run_recipe(recipe: Recipe, payload: Any, meta: dict[str, Any]) -> list[tuple
             for i, item in enumerate(items)]
 
 
+def payload_of(event: dict[str, Any]) -> Any:
+    """A stored event's parsed body; None when it is not JSON (ingest refuses such
+    bodies, but a row stored by an older relay may hold one)."""
+    try:
+        return json.loads(bytes(event["body"]))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def route_event(recipes: Recipes, event: dict[str, Any]) -> Routed:
     """Apply every recipe of the event's source. Pure: touches no database."""
     routed = Routed()
-    try:
-        payload = json.loads(bytes(event["body"]))
-    except (ValueError, UnicodeDecodeError):  # ingest refuses these; an old row may not be
-        payload = None
+    payload = payload_of(event)
     meta = meta_of(event)
     for recipe in recipes.for_source(event["source"]):
         if not recipe.wants(event["type"], bool(event["is_test"])):

@@ -80,6 +80,15 @@ def _environment() -> jinja2.Environment:
 templates = _environment()
 
 
+def known_secrets(request: Request) -> set[str]:
+    """Every secret value relay holds now (read afresh: one set a moment ago counts too),
+    to hide wherever a page could show one."""
+    from ..app import secret_values  # the app imports the UI: import it at call time
+
+    runtime = request.state.runtime
+    return secret_values(runtime.config, runtime.secrets)
+
+
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     """Render a page with what every template may use: ``session``, ``csrf_token``, ``nav``."""
     session = request.scope.get("state", {}).get("session")

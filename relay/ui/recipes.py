@@ -41,11 +41,11 @@ from ..destinations import DestinationContext, Pacers, destination_types
 from ..errors import ConfigError, MappingError, RelayError, SecretMissing
 from ..recipe_templates import template
 from ..recipes import SOURCES_FILE, Recipe, load_recipe_text, recipe_files, redact
-from ..routing import Filtered, meta_of, run_recipe
+from ..routing import Filtered, meta_of, payload_of, run_recipe
 from ..sources import Request as SourceRequest
 from ..store import Store
 from ..yamlfile import SECRET_REF
-from . import pretty_json, render, templates, when
+from . import known_secrets, pretty_json, render, templates, when
 
 log = logging.getLogger("relay.ui")
 
@@ -255,13 +255,6 @@ def stored_event(store: Store, event_id: int) -> dict[str, Any] | None:
                      [event_id])
 
 
-def payload_of(event: dict[str, Any]) -> Any:
-    try:
-        return json.loads(bytes(event["body"]))
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
 def last_deliveries(store: Store, names: list[str]) -> dict[str, dict[str, Any]]:
     """The newest delivery of each recipe (status and when).
 
@@ -297,13 +290,10 @@ class Preview:
 
 
 def secrets_to_hide(request: Request, recipe: Recipe) -> set[str]:
-    """Every secret value the preview could show: the recipe's, its source's, the stored ones."""
-    from ..app import secret_values  # the app imports the UI: import at call time
-
-    runtime = request.state.runtime
+    """Every secret value the preview could show: the edited recipe's, and all relay holds."""
     values = set(recipe.secret_values)
     try:
-        values |= secret_values(runtime.config, runtime.secrets)
+        values |= known_secrets(request)
     except ConfigError:
         pass
     return values

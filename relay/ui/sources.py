@@ -31,7 +31,7 @@ from starlette.routing import Route
 from ..recipes import redact
 from ..sources import PLATFORMS, Platform, Source
 from ..store import Store
-from . import render
+from . import known_secrets, render
 from .secrets import References, references, where_set
 
 log = logging.getLogger("relay.ui")
@@ -211,14 +211,6 @@ def _last_activity(store: Store, names: list[str]) -> dict[str, dict[str, Any]]:
                                    " WHERE source = ? ORDER BY id DESC LIMIT 1", [name]),
         }
     return out
-
-
-def known_secrets(request: Request) -> set[str]:
-    """Every secret value relay holds, to hide wherever a request could have carried one."""
-    from ..app import secret_values  # the app imports the UI: import it when it is loaded
-
-    runtime = request.state.runtime
-    return secret_values(runtime.config, runtime.secrets)
 
 
 def _unknown_rejections(store: Store, names: list[str]) -> list[dict[str, Any]]:
