@@ -24,7 +24,7 @@ import jmespath
 from jmespath import functions as jp_functions
 
 from .errors import MappingError
-from .sandbox import MAX_TEXT, BoundedSandbox, LimitExceeded, render, time_limit
+from .sandbox import MAX_TEXT, BoundedSandbox, LimitExceeded, check_replace, check_text, render, time_limit
 
 
 class RelayFunctions(jp_functions.Functions):
@@ -67,12 +67,12 @@ class RelayFunctions(jp_functions.Functions):
             return None
         if not old:
             return s
-        _text_limit(len(s) + s.count(old) * max(0, len(new) - len(old)), "replace")
+        check_replace(s, old, new, what="replace()")
         return s.replace(old, new)
 
     @jp_functions.signature({"types": ["string"]}, {"types": ["array-string"]})
     def _func_join(self, separator: str, items: list[str]) -> str:
-        _text_limit(sum(map(len, items)) + len(separator) * max(0, len(items) - 1), "join")
+        check_text(sum(map(len, items)) + len(separator) * max(0, len(items) - 1), "join()")
         return separator.join(items)
 
     @jp_functions.signature({"types": []})
@@ -81,15 +81,9 @@ class RelayFunctions(jp_functions.Functions):
         chunks, total = [], 0
         for chunk in json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).iterencode(value):
             total += len(chunk)
-            _text_limit(total, "to_json")
+            check_text(total, "to_json()")
             chunks.append(chunk)
         return "".join(chunks)
-
-
-def _text_limit(length: int, function: str) -> None:
-    if length > MAX_TEXT:
-        raise LimitExceeded(f"{function}() would build a text of {length:,} characters "
-                            f"(the limit is {MAX_TEXT:,})")
 
 
 JMESPATH_OPTIONS = jmespath.Options(custom_functions=RelayFunctions())

@@ -82,9 +82,18 @@ def _size(value: Any) -> int | None:
     return None
 
 
-def _check_text(length: int) -> None:
+def check_text(length: int, what: str = "it") -> None:
+    """:raises LimitExceeded: when ``what`` would build a text longer than MAX_TEXT."""
     if length > MAX_TEXT:
-        raise LimitExceeded(f"it would build a text of {length:,} characters (the limit is {MAX_TEXT:,})")
+        raise LimitExceeded(f"{what} would build a text of {length:,} characters (the limit is {MAX_TEXT:,})")
+
+
+def check_replace(text: str, old: str, new: str, count: int | None = None, what: str = "it") -> None:
+    """:raises LimitExceeded: when replacing ``old`` by ``new`` in ``text`` would pass MAX_TEXT."""
+    occurrences = (len(text) + 1) if old == "" else text.count(old)
+    if count is not None:
+        occurrences = min(occurrences, count)
+    check_text(len(text) + occurrences * max(0, len(new) - len(old)), what)
 
 
 def _check_bits(bits: float) -> None:
@@ -110,7 +119,7 @@ def bounded_mul(left: Any, right: Any) -> Any:
                 if length * times > MAX_ITEMS:
                     raise LimitExceeded(f"it would build a list of {length * times:,} items")
             else:
-                _check_text(length * times)
+                check_text(length * times)
     _check_bits(_bits(left) + _bits(right))
     return left * right
 
@@ -118,7 +127,7 @@ def bounded_mul(left: Any, right: Any) -> Any:
 def bounded_add(left: Any, right: Any) -> Any:
     a, b = _size(left), _size(right)
     if a is not None and b is not None:
-        _check_text(a + b)
+        check_text(a + b)
     return left + right
 
 
@@ -147,7 +156,7 @@ def bounded_mod(left: Any, right: Any) -> Any:
     if isinstance(left, str):
         _check_widths(left, right)
         result = left % right
-        _check_text(len(result))
+        check_text(len(result))
         return result
     return left % right
 
@@ -167,16 +176,12 @@ def _bounded_width(name: str, position: int) -> Callable[..., Any]:
 def _bounded_format(value: Any, *args: Any, **kwargs: Any) -> str:
     _check_widths(value, kwargs or args)
     result = jinja_filters.do_format(value, *args, **kwargs)
-    _check_text(len(result))
+    check_text(len(result))
     return result
 
 
 def _bounded_replace(eval_ctx: Any, s: str, old: str, new: str, count: int | None = None) -> str:
-    text, old_text, new_text = str(s), str(old), str(new)
-    occurrences = (len(text) + 1) if old_text == "" else text.count(old_text)
-    if count is not None:
-        occurrences = min(occurrences, count)
-    _check_text(len(text) + occurrences * max(0, len(new_text) - len(old_text)))
+    check_replace(str(s), str(old), str(new), count)
     return jinja_filters.do_replace(eval_ctx, s, old, new, count)  # type: ignore[arg-type]
 
 
@@ -218,7 +223,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         def bounded(*args: Any, **kwargs: Any) -> str:
             _check_widths(spec, (*args, *kwargs.values()))
             result = wrapped(*args, **kwargs)
-            _check_text(len(result))
+            check_text(len(result))
             return result
         return bounded
 
