@@ -31,6 +31,7 @@ from hypothesis import settings
 from relay.app import create_app
 from relay.settings import Settings
 from relay.sources import PLATFORMS
+from relay.yamlfile import SECRET_REF
 
 # Hypothesis: the same examples on every run (CI is repeatable), unless RELAY_FUZZ=N
 # asks for a longer fuzzing run: N times the examples, new ones each time.
@@ -40,9 +41,6 @@ settings.load_profile("relay")
 
 SAMPLES = Path(__file__).parent / "samples"
 ROOT = Path(__file__).parent.parent
-
-
-SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def shipped_secret_names(path: Path) -> list[str]:
