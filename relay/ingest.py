@@ -48,26 +48,21 @@ def redact_headers(headers: dict[str, str], source: Source | None) -> dict[str, 
     return out
 
 
-def first_headers(request: HttpRequest) -> dict[str, str]:
-    """Lower-cased header names; when a header repeats, its first value."""
-    out: dict[str, str] = {}
-    for raw_name, raw_value in request.headers.raw:
-        out.setdefault(raw_name.decode("latin-1").lower(), raw_value.decode("latin-1"))
-    return out
+def read_headers(request: HttpRequest) -> tuple[dict[str, str], frozenset[str]]:
+    """Lower-cased header names with their first value, and the names that repeat.
 
-
-def repeated_headers(request: HttpRequest) -> frozenset[str]:
-    """Lower-cased names of the headers the request carries more than once.
-
-    A verifier that reads one of them refuses the request (``Request.header``): the
-    first copy is only a guess at what the platform sent.
+    A verifier that reads a repeated header refuses the request (``Request.header``):
+    the first copy is only a guess at what the platform sent.
     """
-    seen: set[str] = set()
+    first: dict[str, str] = {}
     repeated: set[str] = set()
-    for raw_name, _ in request.headers.raw:
+    for raw_name, raw_value in request.headers.raw:
         name = raw_name.decode("latin-1").lower()
-        (repeated if name in seen else seen).add(name)
-    return frozenset(repeated)
+        if name in first:
+            repeated.add(name)
+        else:
+            first[name] = raw_value.decode("latin-1")
+    return first, frozenset(repeated)
 
 
 class BodyTimeout(BadBody):
@@ -248,7 +243,7 @@ async def receive(request: HttpRequest) -> JSONResponse:
     runtime: Runtime = request.state.runtime
     name = request.path_params["source"]
     token = request.path_params.get("token")
-    headers = first_headers(request)
+    headers, repeated = read_headers(request)
     client = request.client.host if request.client else None
     source: Source | None = None
     body = b""
@@ -293,7 +288,7 @@ async def receive(request: HttpRequest) -> JSONResponse:
         return await reject(e)
     now = time.time()
     try:
-        described_request = Request(headers, body, token, repeated_headers(request))
+        described_request = Request(headers, body, token, repeated)
         platform.verify(described_request, now=now, tolerance=runtime.settings.timestamp_tolerance)
         payload = parse_json(body)
         described = platform.describe(described_request, payload)

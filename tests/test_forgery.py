@@ -283,7 +283,8 @@ def outcome(platform: Platform, req: Req) -> int:
     scope = {"type": "http", "method": "POST", "path": "/hooks/x", "query_string": b"",
              "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in req.headers]}
     http = HttpRequest(scope)
-    request = Request(ingest.first_headers(http), req.body, req.token, ingest.repeated_headers(http))
+    headers, repeated = ingest.read_headers(http)
+    request = Request(headers, req.body, req.token, repeated)
     try:
         platform.verify(request, now=req.now, tolerance=TOL)
         platform.describe(request, ingest.parse_json(req.body))
