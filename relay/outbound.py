@@ -31,8 +31,9 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 LOOPBACK = [ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")]
-PRIVATE = [ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")]
+SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: not is_private, still not public
+PRIVATE = [*(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
+           SHARED, ipaddress.ip_network("fc00::/7")]
 METADATA = [ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fd00:ec2::254/128", "fe80::/10")]
 
 
@@ -84,7 +85,7 @@ class Policy:
         if any(address in net for net in self.allowed):
             return None
         kind = ("this machine (loopback)" if address.is_loopback else
-                "a private network address" if address.is_private or address in PRIVATE[3] else
+                "a private network address" if address.is_private or address in SHARED else
                 "not a public internet address")
         return (f"{address} is {kind}; relay only sends to public addresses unless "
                 "RELAY_ALLOW_NETWORKS allows it (e.g. RELAY_ALLOW_NETWORKS=private)")
