@@ -91,6 +91,38 @@ class Policy:
                 "RELAY_ALLOW_NETWORKS allows it (e.g. RELAY_ALLOW_NETWORKS=private)")
 
 
+class _Stream(httpcore.AsyncNetworkStream):
+    """A connection as httpcore's backend made it, minus one crash.
+
+    When the peer resets the connection the moment it is made, anyio's socket is
+    already gone and asking it for details (httpcore asks for the TLS object before
+    sending) raises AttributeError. The connection is then simply unusable: answer
+    "nothing known", and the write that follows fails as the reset it is.
+    """
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self.inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self.inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self.inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self.inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        try:
+            return self.inner.get_extra_info(info)
+        except AttributeError:
+            return None
+
+
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend, resolving names itself and checking each address."""
 
@@ -123,9 +155,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for checked in addresses:  # the checked address itself, not the name again
             try:
-                return await self.inner.connect_tcp(checked, port, timeout=timeout,
-                                                    local_address=local_address,
-                                                    socket_options=socket_options)
+                return _Stream(await self.inner.connect_tcp(checked, port, timeout=timeout,
+                                                            local_address=local_address,
+                                                            socket_options=socket_options))
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
                 last = e
         assert last is not None

@@ -152,3 +152,31 @@ def test_a_missing_url_field_is_a_plain_dead_delivery(make_relay: Any, sink: Sin
     assert delivery["status"] == "dead"
     assert "the url uses a field the delivery does not have" in delivery["last_error"]
     assert sink.received == []
+
+
+def test_a_connection_reset_as_it_opens_is_not_a_crash() -> None:
+    """anyio's socket is gone when the peer resets at once, and asking it for details
+    raised AttributeError inside httpcore (seen in CI as 'relay hit an internal error')."""
+    import asyncio
+
+    import httpcore
+
+    from relay.outbound import _Stream
+
+    class Gone(httpcore.AsyncNetworkStream):
+        def get_extra_info(self, info: str) -> Any:
+            raise AttributeError("'NoneType' object has no attribute 'getpeername'")
+
+    assert _Stream(Gone()).get_extra_info("ssl_object") is None
+
+    class Fine(httpcore.AsyncNetworkStream):
+        def get_extra_info(self, info: str) -> Any:
+            return ("127.0.0.1", 1) if info == "server_addr" else None
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    fine = Fine()
+    assert _Stream(fine).get_extra_info("server_addr") == ("127.0.0.1", 1)
+    asyncio.run(_Stream(fine).aclose())
+    assert fine.closed
