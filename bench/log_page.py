@@ -132,8 +132,9 @@ def build(db: Path, count: int, chunk: int = 50_000) -> list[str]:
             conn.executemany(
                 "INSERT INTO attempts (delivery_id, number, started_at, duration, outcome, status_code,"
                 " error, response_body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", attempts)
-            # What the router does for each event it routes: index it for the search.
-            store.index_for_search({"id": e[0], "body": e[9], "status": e[5]} for e in events)
+            # What the router does as events are routed: add them to the search.
+            while store.index_for_search():
+                pass
         print(f"  {min(first + chunk - 1, count):>9,} events", file=sys.stderr, flush=True)
     with store.db.atomic():
         conn.executemany(

@@ -463,10 +463,11 @@ def queue_backlog(folder: Path, count: int) -> None:
                     is_test=False, headers={"content-type": "application/json"}, body=body, matched=True)
                 assert status == "accepted"
             events = store.unrouted_events(limit=count)
-            store.index_for_search(events)
             for event in events:
                 routed = route_event(recipes, event)
                 store.record_routing(event["id"], routed.routes, routed.deliveries)
+            while store.index_for_search():
+                pass
     finally:
         store.close()
 

@@ -152,9 +152,13 @@ def record(store: Store, event: dict[str, Any], routed: Routed) -> int:
 
 
 class Router:
-    """Routes stored events in the background, oldest first."""
+    """Routes stored events in the background, oldest first, and adds them to the
+    log's text search in batches (``Store.index_for_search``)."""
 
     BATCH = 100
+    #: Seconds between two text-search batches while events keep arriving: the
+    #: search lags by at most about this much, and each batch holds many events.
+    INDEX_EVERY = 0.5
 
     def __init__(self, writer: Writer, recipes: Callable[[], Recipes],
                  on_queued: Callable[[], None]) -> None:
@@ -162,19 +166,28 @@ class Router:
         self.recipes = recipes
         self.on_queued = on_queued
         self.wake = asyncio.Event()
+        self._index_at = 0.0
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 routed_any = await self.route_pending()
+                caught_up = True
+                if not routed_any or loop.time() >= self._index_at:
+                    indexed = await self.writer.run(lambda s: s.index_for_search())
+                    caught_up = indexed < Store.INDEX_BATCH
+                    self._index_at = loop.time() + self.INDEX_EVERY
             except Exception:  # e.g. the disk is full: the events wait, routing goes on
                 log.exception("routing failed; trying again in a second")
                 await asyncio.sleep(1.0)
                 continue
-            if not routed_any:
+            if not routed_any and caught_up:
                 self.wake.clear()
+                # Events no recipe wants are stored routed and wake nobody: the
+                # timeout is what adds them to the search.
                 try:
-                    await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                    await asyncio.wait_for(self.wake.wait(), timeout=self.INDEX_EVERY)
                 except TimeoutError:
                     pass
 
@@ -187,7 +200,6 @@ class Router:
         routed = await asyncio.to_thread(lambda: [route_event(recipes, e) for e in events])
 
         def save(store: Store) -> int:
-            store.index_for_search(events)  # searchable in the log from the same commit on
             return sum(record(store, e, r) for e, r in zip(events, routed, strict=True))
 
         if await self.writer.run(save):

@@ -201,8 +201,8 @@ def _search(db: Database) -> None:
     # The log's text search: an FTS5 index of event bodies (a blob is read as text).
     # Its content is the view of exactly the events it holds, each routed event once
     # (a redelivery is found through its original), so that 'integrity-check' can
-    # compare the two. The router adds an event in the commit that routes it, which
-    # keeps ingest as fast as before; pruning takes it out before the event goes.
+    # compare the two. The router adds events in batches once routed (index_for_search),
+    # which keeps ingest fast; pruning takes them out before the events go.
     db.execute("CREATE VIEW events_searchable AS SELECT id, body FROM events"
                " WHERE status != 'duplicate' AND routed_at IS NOT NULL")
     db.execute("CREATE VIRTUAL TABLE events_fts USING fts5(body, content='events_searchable',"
@@ -260,7 +260,7 @@ class Store(LogQueries):
         locked" when another connection (the running relay) committed in between.
         """
         if self.db.conn.in_transaction:  # on the writer: already ours
-            with self.db.atomic():
+            with self._atomic():
                 yield
             return
         self.db.execute("BEGIN IMMEDIATE")
@@ -282,7 +282,7 @@ class Store(LogQueries):
         """
         self.probed = True
         try:
-            with self.db.atomic():
+            with self._atomic():
                 self.db.execute("SAVEPOINT writable_probe")
                 self.db.execute(
                     "INSERT INTO rejections (source, received_at, status_code, reason, headers,"
@@ -293,8 +293,45 @@ class Store(LogQueries):
         except sqlite3.Error:
             return False
 
+    @contextlib.contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """A transaction, or inside one a savepoint: all of the block or none of it.
+
+        sqlite-utils' ``atomic()`` does the same with a random savepoint name, a
+        system call for each; on the writer that runs several times per webhook.
+        SQLite allows the one name to nest (``ROLLBACK TO`` reaches the innermost).
+        """
+        conn = self.db.conn
+        if not conn.in_transaction:
+            conn.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return
+        conn.execute("SAVEPOINT relay")
+        try:
+            yield
+        except BaseException:
+            # An error may have ended the whole transaction (a full disk): then
+            # there is no savepoint left to go back to.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO relay")
+                conn.execute("RELEASE relay")
+            raise
+        conn.execute("RELEASE relay")
+
     def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
-        return list(self.db.query(sql, params))
+        """The rows of one SELECT as dicts (sqlite-utils' ``query`` wraps each
+        statement in a savepoint of its own, three statements for one)."""
+        cursor = self.db.conn.execute(sql, params)
+        keys = [column[0] for column in cursor.description]
+        if len(set(keys)) != len(keys):  # one would overwrite the other: name them apart
+            raise ValueError(f"the query returns a column name twice: {keys}")
+        return [dict(zip(keys, row, strict=True)) for row in cursor]
 
     def one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> dict[str, Any] | None:
         found = self.rows(sql, params)
@@ -304,7 +341,8 @@ class Store(LogQueries):
 
     def insert_event(
         self, *, source: str, platform: str, type: str, dedup_key: str, is_test: bool,
-        headers: dict[str, str], body: bytes, matched: bool, now: float | None = None,
+        headers: dict[str, str], body: bytes, matched: bool, wanted: bool = True,
+        now: float | None = None,
     ) -> tuple[str, int]:
         """Store an event; returns ``(status, id)``.
 
@@ -312,24 +350,29 @@ class Store(LogQueries):
         already has an event with this dedup key; the redelivery is still recorded,
         but never routed. Otherwise ``accepted``, or ``ignored`` when no recipe of
         the source wants this event type (``matched`` is False).
+
+        An event no recipe would even look at (``wanted`` False: no recipe of the
+        source takes its type, enabled or not) is stored as routed: the router
+        would only record that nothing happened.
         """
         now = time.time() if now is None else now
-        with self.db.atomic():
-            original = self.one(
+        conn = self.db.conn
+        with self._atomic():
+            original = conn.execute(
                 "SELECT id FROM events WHERE source = ? AND dedup_key = ? AND status != 'duplicate'",
                 [source, dedup_key],
-            )
+            ).fetchone()
             status = "duplicate" if original else ("accepted" if matched else "ignored")
-            cursor = self.db.execute(
+            cursor = conn.execute(
                 "INSERT INTO events (source, platform, type, dedup_key, status, is_test, "
                 "duplicate_of, received_at, headers, body, routed_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [source, platform, type, dedup_key, status, int(is_test),
-                 original["id"] if original else None, now, _json(headers), body,
-                 now if original else None],
+                 original[0] if original else None, now, _json(headers), body,
+                 now if original or not wanted else None],
             )
             new_id = int(cursor.lastrowid or 0)
-        return status, (int(original["id"]) if original else new_id)
+        return status, (int(original[0]) if original else new_id)
 
     def unrouted_events(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.rows(
@@ -346,7 +389,7 @@ class Store(LogQueries):
         """
         now = time.time() if now is None else now
         count = 0
-        with self.db.atomic():
+        with self._atomic():
             for route in routes:
                 self.db.execute(
                     "INSERT INTO routes (event_id, recipe, outcome, message, deliveries, created_at)"
@@ -374,7 +417,7 @@ class Store(LogQueries):
         body: bytes, body_size: int, client: str | None, now: float | None = None,
     ) -> None:
         now = time.time() if now is None else now
-        with self.db.atomic():
+        with self._atomic():
             cursor = self.db.execute(
                 "INSERT INTO rejections (source, received_at, status_code, reason, headers,"
                 " body_prefix, body_size, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -420,7 +463,7 @@ class Store(LogQueries):
         Its pending deliveries move to ``until``, where arrival order breaks the tie,
         and routing queues new ones no earlier (``record_routing``).
         """
-        with self.db.atomic():
+        with self._atomic():
             self.db.execute(
                 "INSERT INTO lanes (recipe, destination, held_until) VALUES (?, ?, ?)"
                 " ON CONFLICT(recipe, destination) DO UPDATE SET"
@@ -437,7 +480,7 @@ class Store(LogQueries):
             return set()
         now = time.time() if now is None else now
         marks = ",".join("?" * len(ids))
-        with self.db.atomic():
+        with self._atomic():
             cursor = self.db.execute(
                 f"UPDATE deliveries SET status = 'sending', updated_at = ? WHERE id IN ({marks})"
                 " AND status = 'pending' RETURNING id", [now, *ids])
@@ -459,7 +502,7 @@ class Store(LogQueries):
         """
         now = time.time()
         status = {"delivered": "delivered", "retry": "pending", "dead": "dead"}[outcome]
-        with self.db.atomic():
+        with self._atomic():
             self.db.execute(
                 "INSERT INTO attempts (delivery_id, number, started_at, duration, outcome,"
                 " status_code, error, response_headers, response_body)"
@@ -531,7 +574,7 @@ class Store(LogQueries):
         if delivery_id is not None:
             where += " AND id = ?"
             params.append(delivery_id)
-        with self.db.atomic():
+        with self._atomic():
             cursor = self.db.execute(
                 f"UPDATE deliveries SET reviewed_at = ? WHERE {where} RETURNING id", params)
             return sorted(int(row[0]) for row in cursor.fetchall())
@@ -563,7 +606,7 @@ class Store(LogQueries):
             " ORDER BY e.id LIMIT ?", [after_id, up_to_id, limit]).fetchall()]
         if not ids:
             return 0, up_to_id
-        with self.db.atomic():
+        with self._atomic():
             self.db.execute("CREATE TEMP TABLE IF NOT EXISTS _prune(id INTEGER PRIMARY KEY)")
             self.db.execute("DELETE FROM _prune")
             self.db.conn.executemany("INSERT INTO _prune VALUES (?)", [(i,) for i in ids])
@@ -665,11 +708,26 @@ class Store(LogQueries):
 
     # --- text search (the log's) -----------------------------------------------------
 
-    def index_for_search(self, events: Iterable[dict[str, Any]]) -> None:
-        """Add routed events to the text search, in the transaction that routes them."""
-        self.db.conn.executemany(
-            "INSERT INTO events_fts (rowid, body) VALUES (?, ?)",
-            [(e["id"], e["body"]) for e in events if e["status"] != "duplicate"])
+    #: Events added to the text search per call: one FTS5 segment, bounded memory.
+    INDEX_BATCH = 500
+
+    def index_for_search(self, limit: int = INDEX_BATCH) -> int:
+        """Add routed events not yet in the text search, oldest first; returns how many.
+
+        The index holds every routed event but redeliveries (``events_searchable``)
+        and is filled in id order up to the oldest event still waiting for the
+        router, so the highest id it holds says where the next batch starts. Done
+        in batches, apart from storing and routing: one segment for many events
+        instead of one per commit (bench/: a third of ingest's time went here).
+        """
+        conn = self.db.conn
+        last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events_fts_docsize").fetchone()[0]
+        waiting = conn.execute(
+            "SELECT MIN(id) FROM events WHERE routed_at IS NULL").fetchone()[0]
+        return conn.execute(
+            "INSERT INTO events_fts (rowid, body) SELECT id, body FROM events"
+            " WHERE id > ? AND id < ? AND status != 'duplicate' ORDER BY id LIMIT ?",
+            [last, waiting if waiting is not None else 2**62, limit]).rowcount
 
     def unindex_pruned(self) -> None:
         """Take the events about to be pruned (``_prune``, and their redeliveries) out of
@@ -739,6 +797,11 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in settled:
+        _settle(future, result, error)
 
 
 class Writer:
@@ -831,7 +894,7 @@ class Writer:
             self.store.probed = False
             outcome: tuple[Any, BaseException | None]
             try:
-                with db.atomic():  # a savepoint: a failing job undoes only itself
+                with self.store._atomic():  # a savepoint: a failing job undoes only itself
                     outcome = (job.fn(self.store), None)
             except Exception as e:  # the job's own error goes back to its caller
                 outcome = (None, e)
@@ -854,7 +917,12 @@ class Writer:
                 except sqlite3.Error:
                     pass
                 self._undo(results, probes, opened, e)
+        # One wake-up per event loop for the whole batch, not one per job: each
+        # call_soon_threadsafe writes to the loop's self-pipe.
+        told: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
         for job, (result, error) in zip(batch, results, strict=True):
             if isinstance(error, sqlite3.Error):
                 error = StorageUnavailable(f"the database cannot be written: {error}")
-            job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+            told.setdefault(job.loop, []).append((job.future, result, error))
+        for loop, settled in told.items():
+            loop.call_soon_threadsafe(_settle_all, settled)

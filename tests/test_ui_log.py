@@ -77,6 +77,8 @@ class Traffic:
         self.xss = quicket(relay, "Q-3", headers={"X-Note": SCRIPT + IMG}, email=SCRIPT, name=IMG)
         self.tito = [tito(relay, "t-1"), tito(relay, "t-2")]
         self.deliveries = relay.settled(5)
+        # The text search takes routed events in batches, a moment after routing.
+        wait_until(lambda: relay.rows("SELECT COUNT(*) AS n FROM events_fts_docsize")[0]["n"] == 5)
 
     def delivery_of(self, event_id: int) -> dict[str, Any]:
         [row] = self.relay.rows("SELECT * FROM deliveries WHERE event_id = ?", [event_id])
@@ -187,6 +189,18 @@ def test_search_finds_an_email_and_nothing_else(traffic: Traffic) -> None:
     for raw in ['"', "findme OR winter", "NEAR(a b)", "*", "email:findme", "a AND", "-", "(("]:
         assert ui.get("/log", params={"q": raw}).status_code == 200, raw
     assert row_ids(ui.get("/log", params={"q": "findme OR winter"})) == []
+
+
+def test_an_event_no_recipe_takes_is_stored_routed_and_found(traffic: Traffic) -> None:
+    t = traffic
+    # tito-crm takes "ticket.*" only: nothing will route this one, so it is stored routed.
+    ignored = tito(t.relay, "t-nobody", event_type="checkin.created", email="nobody-wants@example.org")
+    [event] = t.relay.rows("SELECT status, received_at, routed_at FROM events WHERE id = ?", [ignored])
+    assert event["status"] == "ignored" and event["routed_at"] == event["received_at"]
+    assert t.relay.rows("SELECT * FROM routes WHERE event_id = ?", [ignored]) == []
+    # Nothing wakes the router for it; the search still gets it within a second or so.
+    found = wait_until(lambda: row_ids(t.ui.get("/log", params={"q": "nobody-wants@example.org"})))
+    assert found == [ignored]
 
 
 def test_pagination_walks_every_row_once(make_relay: Callable[..., RelayServer], tmp_path: Path,

@@ -4,8 +4,8 @@
 UI asks these questions. Every list is newest first and paged by id (keyset: "id <
 the last one shown", never OFFSET), and every filter either uses an index or bounds
 the ids it reads, so a page costs the same with a million events as with a hundred.
-The text search reads ``events_fts``, which the router fills as it routes
-(``Store.index_for_search``).
+The text search reads ``events_fts``, which the router fills in batches as events
+are routed (``Store.index_for_search``): an event is found within a second or so.
 """
 
 from __future__ import annotations
