@@ -238,13 +238,12 @@ class Deliverer:
         """One attempt of each delivery in ``batch``, recorded whatever happens."""
         started = time.time()
         try:
-            outcomes: list[Sent | DeliveryFailed] = await asyncio.wait_for(
-                destination.send_batch([json.loads(d["payload"]) for d in batch],
-                                       [self._context(d) for d in batch]),
-                # Each request has its own timeout; this bounds the whole attempt (a
-                # destination may make several requests, and wait for its pacer).
-                timeout=self.settings.delivery_timeout * 4 + 60,
-            )
+            # Each request has its own timeout; this bounds the whole attempt (a
+            # destination may make several requests, and wait for its pacer).
+            # (asyncio.timeout, not wait_for: no second task for every delivery.)
+            async with asyncio.timeout(self.settings.delivery_timeout * 4 + 60):
+                outcomes: list[Sent | DeliveryFailed] = await destination.send_batch(
+                    [json.loads(d["payload"]) for d in batch], [self._context(d) for d in batch])
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"{destination.type} gave {len(outcomes)} outcomes for {len(batch)}")
         except DeliveryFailed as failure:
