@@ -5,15 +5,29 @@ the body, as relay/sources/tito.py does) and answers ``200 {"status": "accepted"
 or 401. Nothing is parsed, stored or delivered. It runs under uvicorn exactly as
 ``relay serve`` does: uvloop, httptools, one worker, no access log.
 
+With ``--durable DB`` it also does the least that "stored before the 2xx" takes in
+this stack: the body parsed with ``json.loads`` and inserted into SQLite (WAL,
+``synchronous = FULL``, one table with a primary key) by one writer thread that
+commits whatever has queued up together (group commit), and the answer only after
+that commit. No checks, no dedup, no routing, no log: what bounds any durable
+ingest written this way, relay's included.
+
     python bench/ceiling.py --port 9200 --secret bench-tito
+    python bench/ceiling.py --port 9201 --secret bench-tito --durable /tmp/floor.db
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import hashlib
 import hmac
+import json
+import queue
+import sqlite3
+import threading
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -22,14 +36,59 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 
-def make_app(secret: str) -> Starlette:
+class GroupCommit:
+    """One thread inserting bodies; each caller's future is settled after the commit."""
+
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY,"
+                          " received_at REAL, body BLOB)")
+        self.jobs: queue.SimpleQueue[tuple[bytes, asyncio.Future[int], asyncio.AbstractEventLoop]] = (
+            queue.SimpleQueue())
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    async def store(self, body: bytes) -> int:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self.jobs.put((body, future, loop))
+        return await future
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self.jobs.get()]
+            while len(batch) < 256:
+                try:
+                    batch.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            self.conn.execute("BEGIN IMMEDIATE")
+            ids = [self.conn.execute("INSERT INTO events (received_at, body) VALUES (0, ?)",
+                                     [body]).lastrowid for body, _, _ in batch]
+            self.conn.execute("COMMIT")
+            loop = batch[0][2]
+            loop.call_soon_threadsafe(_settle, [(f, i) for (_, f, _), i in zip(batch, ids, strict=True)])
+
+
+def _settle(done: list[tuple[asyncio.Future[int], Any]]) -> None:
+    for future, value in done:
+        if not future.done():
+            future.set_result(value)
+
+
+def make_app(secret: str, durable: str | None = None) -> Starlette:
     key = secret.encode()
+    writer = GroupCommit(durable) if durable else None
 
     async def hook(request: Request) -> JSONResponse:
         body = await request.body()
         expected = base64.b64encode(hmac.new(key, body, hashlib.sha256).digest()).decode()
         if not hmac.compare_digest(expected, request.headers.get("tito-signature", "")):
             return JSONResponse({"error": "signature"}, status_code=401)
+        if writer is not None:
+            json.loads(body)
+            return JSONResponse({"status": "accepted", "event": await writer.store(body)})
         return JSONResponse({"status": "accepted"})
 
     async def healthz(request: Request) -> JSONResponse:
@@ -44,9 +103,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9200)
     parser.add_argument("--secret", default="bench-tito")
+    parser.add_argument("--durable", metavar="DB", help="store each body in this SQLite file first")
     args = parser.parse_args()
-    uvicorn.run(make_app(args.secret), host=args.host, port=args.port, loop="uvloop", http="httptools",
-                workers=1, access_log=False, log_level="warning", server_header=False)
+    uvicorn.run(make_app(args.secret, args.durable), host=args.host, port=args.port, loop="uvloop",
+                http="httptools", workers=1, access_log=False, log_level="warning", server_header=False)
 
 
 if __name__ == "__main__":

@@ -614,6 +614,10 @@ def report(args: argparse.Namespace, r: dict[str, Any], box: dict[str, str]) -> 
     if ceiling:
         add("ceiling (bare starlette, HMAC only): requests/s", f"{c_rps:,.0f}", "100%")
         add("ceiling: p50 / p99 latency", f"{c_p50:.1f} / {c_p99:.1f} ms", "1.0x")
+    if "floor" in r:
+        f = r["floor"]
+        add("floor (the same + json.loads + SQLite group commit): requests/s", f"{f['rps']:,.0f}",
+            pct(f["rps"], c_rps))
     if "sink" in r:
         s = r["sink"]
         add("sink (delivery target): requests/s", f"{s['rps']:,.0f}", pct(s["rps"], c_rps))
@@ -678,6 +682,11 @@ def details(args: argparse.Namespace, r: dict[str, Any]) -> str:
         c = r["ceiling"]
         out.append(f"- ceiling: {c['cpu_us']:.0f} us of CPU a request ({c['cpu']:.0%} of a core; wrk "
                    "takes the rest of the two).")
+    if "floor" in r:
+        f = r["floor"]
+        out.append(f"- floor: {f['cpu_us']:.0f} us of CPU a request ({f['cpu']:.0%} of a core), p99 "
+                   f"{f['p99_ms']:.1f} ms: the least a durable ingest costs in this stack (bench/ceiling.py "
+                   "--durable).")
     if "ingest" in r:
         i = r["ingest"]
         out.append(f"- ingest: relay used {i['cpu']:.0%} of a core during the load, {i['cpu_us']:.0f} us of CPU "
@@ -714,7 +723,7 @@ def details(args: argparse.Namespace, r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-SCENARIOS = ("ceiling", "sink", "ingest", "relay", "backlog", "startup", "log", "clients")
+SCENARIOS = ("ceiling", "floor", "sink", "ingest", "relay", "backlog", "startup", "log", "clients")
 
 
 def main() -> None:
@@ -763,8 +772,16 @@ def main() -> None:
                               "--secret", SECRET], ceiling_port, args.work / "ceiling.log") as proc:
                     return bench_plain(args, "ceiling", f"http://127.0.0.1:{ceiling_port}/hooks/tito", proc.pid)
 
+            def floor() -> dict[str, Any]:
+                floor_port = free_port()
+                with process([sys.executable, str(BENCH / "ceiling.py"), "--port", str(floor_port),
+                              "--secret", SECRET, "--durable", str(args.work / "floor.db")],
+                             floor_port, args.work / "floor.log") as proc:
+                    return bench_plain(args, "floor", f"http://127.0.0.1:{floor_port}/hooks/tito", proc.pid)
+
             steps = [
                 ("ceiling", ceiling),
+                ("floor", floor),
                 ("sink", lambda: bench_plain(args, "sink", f"http://127.0.0.1:{args.sink_port}/load", sink.pid)),
                 ("ingest", lambda: bench_ingest(args)),
                 ("relay", lambda: bench_relay(args)),
