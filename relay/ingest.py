@@ -316,7 +316,7 @@ async def receive(request: HttpRequest) -> JSONResponse:
         status, event_id = await runtime.writer.run(lambda s: s.insert_event(
             source=name, platform=source.platform_name, type=described.type,
             dedup_key=described.dedup_key, is_test=described.is_test, headers=stored_headers,
-            body=body, matched=matched, wanted=bool(wanting), now=now))
+            body=body, matched=matched, wanted=bool(wanting), now=now), savepoint=False)
     except RelayError as e:
         # Not stored, so not accepted: ask the platform to send it again. OpenTicket
         # only retries on a 4xx, so its sources answer 429 instead of 503.

@@ -294,14 +294,19 @@ class Store(LogQueries):
             return False
 
     @contextlib.contextmanager
-    def _atomic(self) -> Iterator[None]:
+    def _atomic(self, savepoint: bool = True) -> Iterator[None]:
         """A transaction, or inside one a savepoint: all of the block or none of it.
 
         sqlite-utils' ``atomic()`` does the same with a random savepoint name, a
         system call for each; on the writer that runs several times per webhook.
         SQLite allows the one name to nest (``ROLLBACK TO`` reaches the innermost).
+        ``savepoint=False`` is for a block of one writing statement, which SQLite
+        undoes by itself when it fails: inside a transaction it adds nothing.
         """
         conn = self.db.conn
+        if conn.in_transaction and not savepoint:
+            yield
+            return
         if not conn.in_transaction:
             conn.execute("BEGIN")
             try:
@@ -356,23 +361,22 @@ class Store(LogQueries):
         would only record that nothing happened.
         """
         now = time.time() if now is None else now
-        conn = self.db.conn
-        with self._atomic():
-            original = conn.execute(
-                "SELECT id FROM events WHERE source = ? AND dedup_key = ? AND status != 'duplicate'",
-                [source, dedup_key],
-            ).fetchone()
-            status = "duplicate" if original else ("accepted" if matched else "ignored")
-            cursor = conn.execute(
-                "INSERT INTO events (source, platform, type, dedup_key, status, is_test, "
-                "duplicate_of, received_at, headers, body, routed_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [source, platform, type, dedup_key, status, int(is_test),
-                 original[0] if original else None, now, _json(headers), body,
-                 now if original or not wanted else None],
-            )
-            new_id = int(cursor.lastrowid or 0)
-        return status, (int(original[0]) if original else new_id)
+        # One statement (no SELECT first): on the writer, each statement is another
+        # round of handing Python's lock between threads.
+        with self._atomic(savepoint=False):
+            [(new_id, status, original)] = self.db.conn.execute(
+                "INSERT INTO events (source, platform, type, dedup_key, status, is_test,"
+                " duplicate_of, received_at, headers, body, routed_at)"
+                " SELECT ?, ?, ?, ?, CASE WHEN o.id IS NULL THEN ? ELSE 'duplicate' END, ?,"
+                " o.id, ?, ?, ?, CASE WHEN o.id IS NULL THEN ? ELSE ? END"
+                " FROM (SELECT (SELECT id FROM events WHERE source = ? AND dedup_key = ?"
+                " AND status != 'duplicate') AS id) o"
+                " RETURNING id, status, duplicate_of",
+                [source, platform, type, dedup_key, "accepted" if matched else "ignored",
+                 int(is_test), now, _json(headers), body, None if wanted else now, now,
+                 source, dedup_key],
+            ).fetchall()
+        return str(status), int(original if original is not None else new_id)
 
     def unrouted_events(self, limit: int = 100) -> list[dict[str, Any]]:
         return self.rows(
@@ -781,13 +785,14 @@ class Readers:
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "loop", "savepoint")
 
     def __init__(self, fn: Callable[[Store], Any], future: asyncio.Future[Any],
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, savepoint: bool) -> None:
         self.fn = fn
         self.future = future
         self.loop = loop
+        self.savepoint = savepoint
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -821,11 +826,15 @@ class Writer:
         self._thread = threading.Thread(target=self._loop, name="relay-writer", daemon=True)
         self._thread.start()
 
-    async def run(self, fn: Callable[[Store], T]) -> T:
-        """:raises StorageUnavailable: when the transaction cannot commit."""
+    async def run(self, fn: Callable[[Store], T], *, savepoint: bool = True) -> T:
+        """:raises StorageUnavailable: when the transaction cannot commit.
+
+        ``savepoint=False`` only for a job of one writing statement (reads aside),
+        which SQLite undoes by itself when it fails (``Store.insert_event``).
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(fn, future, loop))
+        self._queue.put(_Job(fn, future, loop, savepoint))
         return await future
 
     def close(self) -> None:
@@ -894,7 +903,8 @@ class Writer:
             self.store.probed = False
             outcome: tuple[Any, BaseException | None]
             try:
-                with self.store._atomic():  # a savepoint: a failing job undoes only itself
+                # A savepoint: a failing job undoes only itself.
+                with self.store._atomic(savepoint=job.savepoint):
                     outcome = (job.fn(self.store), None)
             except Exception as e:  # the job's own error goes back to its caller
                 outcome = (None, e)
