@@ -11,6 +11,8 @@ On loopback, in this order:
 - **ceiling**: bench/ceiling.py, a bare starlette app under uvicorn with relay's
   settings (uvloop, httptools, one worker, no access log) that only verifies the
   Tito signature and answers. Every rate is also given as a share of its rate.
+- **floor**: bench/ceiling.py --durable, the same app plus ``json.loads`` and a
+  SQLite group commit before the answer: the least a durable ingest costs here.
 - **ingest**: relay with a Tito source and no recipe: verify, commit, answer.
 - **relay**: one recipe (a JMESPath field and a Jinja field) delivering to the sink.
   wrk loads it, then the run waits until every delivery is delivered: end-to-end
