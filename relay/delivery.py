@@ -175,7 +175,7 @@ class Deliverer:
         started = 0
         if plans:  # one claim (one trip to the writer) for every batch starting now
             ids = await self.writer.run(functools.partial(
-                Store.claim, ids=[d["id"] for *_, batch in plans for d in batch]))
+                Store.claim, ids=[d["id"] for *_, batch in plans for d in batch]), savepoint=False)
             for key, destination, unusable, batch in plans:
                 batch = [d for d in batch if d["id"] in ids]
                 if not batch:

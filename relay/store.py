@@ -300,8 +300,9 @@ class Store(LogQueries):
         sqlite-utils' ``atomic()`` does the same with a random savepoint name, a
         system call for each; on the writer that runs several times per webhook.
         SQLite allows the one name to nest (``ROLLBACK TO`` reaches the innermost).
-        ``savepoint=False`` is for a block of one writing statement, which SQLite
-        undoes by itself when it fails: inside a transaction it adds nothing.
+        ``savepoint=False``: inside a transaction, add nothing. For a block of one
+        writing statement (SQLite undoes a failed statement by itself), or one whose
+        caller undoes it on failure, as the writer does with each job's savepoint.
         """
         conn = self.db.conn
         if conn.in_transaction and not savepoint:
@@ -484,7 +485,7 @@ class Store(LogQueries):
             return set()
         now = time.time() if now is None else now
         marks = ",".join("?" * len(ids))
-        with self._atomic():
+        with self._atomic(savepoint=False):  # one statement
             cursor = self.db.execute(
                 f"UPDATE deliveries SET status = 'sending', updated_at = ? WHERE id IN ({marks})"
                 " AND status = 'pending' RETURNING id", [now, *ids])
@@ -506,7 +507,7 @@ class Store(LogQueries):
         """
         now = time.time()
         status = {"delivered": "delivered", "retry": "pending", "dead": "dead"}[outcome]
-        with self._atomic():
+        with self._atomic(savepoint=False):  # on the writer, its job's savepoint
             self.db.execute(
                 "INSERT INTO attempts (delivery_id, number, started_at, duration, outcome,"
                 " status_code, error, response_headers, response_body)"
