@@ -3,9 +3,10 @@
 Delivery throughput depends on the client relay sends with, so this compares, on
 loopback against bench/sink.py (started here unless ``--url`` is given):
 
-- httpx's own async transport (``httpx.AsyncClient()``, what relay uses today);
-- relay's own client: the same, with the connect-time address check of
-  relay/outbound.py (``guarded_client``), as configured in relay/app.py;
+- httpx's own async transport (``httpx.AsyncClient()``, what relay used before);
+- relay's own client (``guarded_client`` of relay/outbound.py, as relay/app.py builds
+  it): httpx's API over relay's own aiohttp transport, with the connect-time address
+  check;
 - httpx with the aiohttp transport of the ``httpx-aiohttp`` package;
 - aiohttp directly.
 
@@ -16,8 +17,8 @@ Each sends the same small JSON POST (the size of a mapped delivery) for
     python bench/http_clients.py
     python bench/http_clients.py --duration 3 --concurrency 1 8 32
 
-Needs ``aiohttp`` and ``httpx-aiohttp`` (``pip install aiohttp httpx-aiohttp``); a
-client whose package is missing is reported as such and skipped.
+The last row needs ``httpx-aiohttp`` (``pip install httpx-aiohttp``), which relay
+itself does not use; a client whose package is missing is reported as such and skipped.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ async def aiohttp_direct(url: str, limit: int) -> Any:
 
 CLIENTS = [
     ("httpx (its own async transport)", httpx_default),
-    ("relay's client (httpx + address check)", relay_client),
+    ("relay's client (httpx API, aiohttp, address check)", relay_client),
     ("httpx + httpx-aiohttp transport", httpx_aiohttp),
     ("aiohttp directly", aiohttp_direct),
 ]

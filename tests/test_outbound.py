@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import ipaddress
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp.abc
+import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
-from conftest import Sink, sample, write_recipe, write_sources
+from conftest import Sink, free_port, sample, wait_until, write_recipe, write_sources
+from relay.destinations.base import transport_detail
 from relay.errors import ConfigError
-from relay.outbound import Policy, parse_networks
+from relay.outbound import AddressRefused, AiohttpTransport, Policy, guarded_client, parse_networks
 from relay.settings import Settings
 
 
@@ -154,29 +169,318 @@ def test_a_missing_url_field_is_a_plain_dead_delivery(make_relay: Any, sink: Sin
     assert sink.received == []
 
 
-def test_a_connection_reset_as_it_opens_is_not_a_crash() -> None:
-    """anyio's socket is gone when the peer resets at once, and asking it for details
-    raised AttributeError inside httpcore (seen in CI as 'relay hit an internal error')."""
-    import asyncio
+# --- the client itself: httpx's API, sent by aiohttp, every connection checked ------------
 
-    import httpcore
 
-    from relay.outbound import _Stream
+OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}"
 
-    class Gone(httpcore.AsyncNetworkStream):
-        def get_extra_info(self, info: str) -> Any:
-            raise AttributeError("'NoneType' object has no attribute 'getpeername'")
 
-    assert _Stream(Gone()).get_extra_info("ssl_object") is None
+class Wire:
+    """A raw HTTP/1.1 server on 127.0.0.1 that keeps what came over the wire: how many
+    connections were opened (and the most open at once), and each request's bytes.
 
-    class Fine(httpcore.AsyncNetworkStream):
-        def get_extra_info(self, info: str) -> Any:
-            return ("127.0.0.1", 1) if info == "server_addr" else None
+    Every request gets ``answer`` (after ``delay`` seconds); connections stay open for
+    more requests (keep-alive) until the client closes them. With ``tls``, it speaks
+    HTTPS with that context.
+    """
 
-        async def aclose(self) -> None:
-            self.closed = True
+    def __init__(self, answer: bytes = OK_ANSWER, delay: float = 0.0,
+                 tls: ssl.SSLContext | None = None) -> None:
+        self.answer = answer
+        self.delay = delay
+        self.tls = tls
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.lock = threading.Lock()
+        self.closing = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
 
-    fine = Fine()
-    assert _Stream(fine).get_extra_info("server_addr") == ("127.0.0.1", 1)
-    asyncio.run(_Stream(fine).aclose())
-    assert fine.closed
+    def _accept(self) -> None:
+        while not self.closing.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+                self.open += 1
+                self.most_open = max(self.most_open, self.open)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buffer = b""
+        try:
+            conn.settimeout(30)
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(rest) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    rest += chunk
+                with self.lock:
+                    self.requests.append(head + b"\r\n\r\n" + rest[:length])
+                buffer = rest[length:]
+                time.sleep(self.delay)
+                conn.sendall(self.answer)
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.open -= 1
+            conn.close()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.listener.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def wire() -> Iterator[Wire]:
+    server = Wire()
+    yield server
+    server.close()
+
+
+async def post(client: httpx.AsyncClient, url: str) -> httpx.Response:
+    return await client.request("POST", url, content=b'{"email":"a@example.com"}', timeout=5,
+                                headers={"Content-Type": "application/json", "Idempotency-Key": "k1"})
+
+
+class FakeDNS(aiohttp.abc.AbstractResolver):
+    """Name -> addresses from a table, as a name server in someone else's hands answers."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[aiohttp.abc.ResolveResult]:
+        if host not in self.table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [{"hostname": host, "host": address, "port": port, "proto": 0, "flags": 0,
+                 "family": socket.AF_INET6 if ":" in address else socket.AF_INET}
+                for address in self.table[host]]
+
+    async def close(self) -> None:
+        pass
+
+
+def dns_client(allow: str, table: dict[str, list[str]]) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=AiohttpTransport(Policy(parse_networks(allow)), httpx.Limits(),
+                                                        resolver=FakeDNS(table)))
+
+
+@pytest.mark.parametrize(("host", "words"), [
+    ("127.0.0.1", "127.0.0.1 is this machine"), ("[::ffff:127.0.0.1]", "127.0.0.1 is this machine"),
+    ("localhost", "is this machine"),
+    ("127.1", "127.1 is not an address relay can check"),
+    ("2130706433", "2130706433 is not an address relay can check"),
+])
+def test_every_way_of_naming_this_machine_is_refused_before_connecting(
+        wire: Wire, host: str, words: str) -> None:
+    """IP literals never reach a resolver (aiohttp skips it for them), so this is the
+    check on the socket aiohttp connects; legacy forms (127.1) are refused outright."""
+    url = wire.url.replace("127.0.0.1", host) + "/in"
+
+    async def attempt() -> None:
+        async with guarded_client(Policy(parse_networks("private"))) as client:
+            await post(client, url)
+
+    with pytest.raises(AddressRefused, match=re.escape(words)):
+        asyncio.run(attempt())
+    assert wire.connections == 0
+
+
+@pytest.mark.parametrize(("method", "content", "headers"), [
+    ("POST", b'{"email":"a@example.com"}', {"Content-Type": "application/json", "Idempotency-Key": "k1"}),
+    ("PUT", b"a=1", {"Authorization": "Bearer t"}),  # no Content-Type given: none added
+    ("PATCH", b"", {}),
+    # (A DELETE without a body gains "Content-Length: 0" from aiohttp; relay's carry one.)
+    ("DELETE", b'{"id":1}', {"Content-Type": "application/json"}),
+    ("GET", b"", {}),
+])
+def test_an_allowed_address_gets_the_request_httpx_would_send_on_one_connection(
+        wire: Wire, method: str, content: bytes, headers: dict[str, str]) -> None:
+    """What a destination receives is byte for byte what httpx's own transport sent;
+    the connection is kept alive and reused."""
+    url = wire.url + "/in?x=%41&to=a%40b"  # percent-encoding as httpx left it
+
+    async def attempt() -> list[httpx.Response]:
+        async with httpx.AsyncClient(headers={"User-Agent": "relay"}) as client:
+            await client.request(method, url, content=content, headers=headers)
+        async with guarded_client(Policy(parse_networks("loopback")), headers={"User-Agent": "relay"},
+                                  limits=httpx.Limits(max_connections=10)) as client:
+            return [await client.request(method, url, content=content, headers=headers, timeout=5)
+                    for _ in range(3)]
+
+    answers = asyncio.run(attempt())
+    assert [(a.status_code, a.json(), a.http_version) for a in answers] == [
+        (200, {"ok": True}, "HTTP/1.1")] * 3
+    by_httpx, *by_relay = wire.requests
+    assert by_httpx.startswith(f"{method} /in?x=%41&to=a%40b HTTP/1.1\r\n".encode())
+    assert by_relay == [by_httpx] * 3
+    assert wire.connections == 2  # one for httpx's client, one (reused) for relay's
+
+
+def test_a_name_is_refused_when_every_address_it_has_is(wire: Wire) -> None:
+    async def attempt() -> None:
+        async with dns_client("", {"crm.example": ["10.1.2.3", "127.0.0.1"]}) as client:
+            await post(client, wire.url.replace("127.0.0.1", "crm.example"))
+
+    with pytest.raises(AddressRefused, match=r"^10\.1\.2\.3 is a private network address"):
+        asyncio.run(attempt())
+    assert wire.connections == 0
+
+
+def test_a_name_skips_its_refused_addresses_for_an_allowed_one(wire: Wire) -> None:
+    async def attempt() -> int:
+        async with dns_client("loopback", {"crm.example": ["169.254.169.254", "127.0.0.1"]}) as client:
+            return (await post(client, wire.url.replace("127.0.0.1", "crm.example"))).status_code
+
+    assert asyncio.run(attempt()) == 200
+    [request] = wire.requests
+    assert b"\r\nHost: crm.example:" in request
+
+
+def test_a_name_that_does_not_resolve_is_a_connect_error() -> None:
+    async def attempt() -> None:
+        async with dns_client("loopback", {}) as client:
+            await post(client, "http://crm.example/")
+
+    with pytest.raises(httpx.ConnectError, match="^cannot resolve crm.example: "):
+        asyncio.run(attempt())
+
+
+def self_signed(folder: Path) -> ssl.SSLContext:
+    """A server context with a certificate for 127.0.0.1 that no authority signed."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+    return context
+
+
+def test_tls_certificates_are_verified(tmp_path: Path) -> None:
+    server = Wire(tls=self_signed(tmp_path))
+    try:
+        async def attempt() -> None:
+            async with guarded_client(Policy(parse_networks("loopback"))) as client:
+                await post(client, server.url)
+
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            asyncio.run(attempt())
+        assert server.requests == []
+    finally:
+        server.close()
+
+
+def test_the_connection_limit_holds(wire: Wire) -> None:
+    wire.delay = 0.2
+
+    async def attempt() -> list[int]:
+        async with guarded_client(Policy(parse_networks("loopback")),
+                                  limits=httpx.Limits(max_connections=2)) as client:
+            answers = await asyncio.gather(*(post(client, wire.url) for _ in range(6)))
+            return [a.status_code for a in answers]
+
+    assert asyncio.run(attempt()) == [200] * 6
+    assert wire.most_open == 2 and wire.connections == 2
+
+
+def test_closing_the_client_closes_its_connections(wire: Wire) -> None:
+    client = guarded_client(Policy(parse_networks("loopback")))  # built outside any event loop
+
+    async def attempt() -> None:
+        await post(client, wire.url)
+        assert wire.open == 1
+        await client.aclose()
+
+    asyncio.run(attempt())
+    wait_until(lambda: wire.open == 0, timeout=5)
+
+
+def test_redirects_are_not_followed(wire: Wire) -> None:
+    elsewhere = Wire()
+    wire.answer = (b"HTTP/1.1 302 Found\r\nLocation: %s/elsewhere\r\nContent-Length: 0\r\n\r\n"
+                   % elsewhere.url.encode())
+    try:
+        async def attempt() -> httpx.Response:
+            async with guarded_client(Policy(parse_networks("loopback"))) as client:
+                return await post(client, wire.url)
+
+        answer = asyncio.run(attempt())
+        assert answer.status_code == 302
+        assert answer.headers["location"] == elsewhere.url + "/elsewhere"
+        assert elsewhere.connections == 0
+    finally:
+        elsewhere.close()
+
+
+def test_no_cookie_goes_from_one_delivery_to_the_next(wire: Wire) -> None:
+    wire.answer = OK_ANSWER.replace(b"\r\n\r\n", b"\r\nSet-Cookie: session=abc; Path=/\r\n\r\n", 1)
+
+    async def attempt() -> None:
+        async with guarded_client(Policy(parse_networks("loopback"))) as client:
+            for _ in range(2):  # by name: aiohttp's own cookie jar ignores IP addresses
+                await post(client, wire.url.replace("127.0.0.1", "localhost"))
+
+    asyncio.run(attempt())
+    assert len(wire.requests) == 2
+    assert not any(b"\r\ncookie:" in r.lower() for r in wire.requests)
+
+
+def test_proxy_settings_in_the_environment_are_ignored(wire: Wire, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy would connect instead of relay, to an address relay never checked."""
+    proxy = Wire()
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+
+        async def attempt() -> int:
+            async with guarded_client(Policy(parse_networks("loopback"))) as client:
+                return (await post(client, wire.url)).status_code
+
+        assert asyncio.run(attempt()) == 200
+        assert len(wire.requests) == 1 and proxy.connections == 0
+    finally:
+        proxy.close()
+
+
+def test_a_closed_port_is_a_connect_error_that_says_so() -> None:
+    async def attempt() -> None:
+        async with guarded_client(Policy(parse_networks("loopback"))) as client:
+            await post(client, f"http://127.0.0.1:{free_port()}/")
+
+    with pytest.raises(httpx.ConnectError) as error:
+        asyncio.run(attempt())
+    assert transport_detail(error.value) == "the connection was refused (is the destination running?)"
