@@ -180,6 +180,65 @@ def sink() -> Iterator[Sink]:
     s.close()
 
 
+# --- raw TCP servers, for what a proper HTTP server will not do --------------------
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that hands each connection to a thread of its own.
+
+    ``accepted(conn)`` runs in the accepting thread, in the order connections
+    arrive, and returns what serves that connection. ``close()`` ends the accept
+    loop (it wakes every 0.2 s to look) and closes the listener.
+    """
+
+    def __init__(self, scheme: str = "http") -> None:
+        self.lock = threading.Lock()
+        self.closing = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.listener.settimeout(0.2)
+        self.url = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def accepted(self, conn: socket.socket) -> Callable[[], None]:
+        raise NotImplementedError
+
+    def _accept(self) -> None:
+        while not self.closing.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self.accepted(conn), daemon=True).start()
+
+    def close(self) -> None:
+        self.closing.set()
+        self.listener.close()
+        self.thread.join(timeout=10)
+
+
+def read_request(conn: socket.socket, buffer: bytes = b"") -> tuple[bytes, bytes, bytes] | None:
+    """One HTTP/1.1 request from ``conn`` (after what ``buffer`` already holds):
+    ``(head, body, what came after it)``, the body as long as its Content-Length;
+    None when the client closes first."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        buffer += chunk
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:]
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(rest) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        rest += chunk
+    return head, rest[:length], rest[length:]
+
+
 # --- relay ----------------------------------------------------------------------
 
 

@@ -44,11 +44,13 @@ from click.testing import CliRunner
 from filldb import fill as fill_db
 
 from conftest import (
+    RawServer,
     RelayProcess,
     RelayServer,
     Reply,
     Sink,
     free_port,
+    read_request,
     sample,
     sign,
     wait_until,
@@ -122,7 +124,7 @@ MODES = {
 }
 
 
-class Misbehaving:
+class Misbehaving(RawServer):
     """A raw TCP server on 127.0.0.1 speaking broken HTTP/1.1, one way per connection.
 
     ``script`` is consumed one mode per connection; when it is empty the server
@@ -133,44 +135,22 @@ class Misbehaving:
         self.script: list[str] = []
         self.seen: list[Seen] = []
         self.redirect_to = ""
-        self.lock = threading.Lock()
-        self.closing = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.listener.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self.closing.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self.lock:
-                mode = self.script.pop(0) if self.script else OK
-            threading.Thread(target=self._serve, args=(conn, mode), daemon=True).start()
+    def accepted(self, conn: socket.socket) -> Callable[[], None]:
+        with self.lock:
+            mode = self.script.pop(0) if self.script else OK
+        return lambda: self._serve(conn, mode)
 
     @staticmethod
     def _read_request(conn: socket.socket) -> tuple[dict[str, str], bytes] | None:
-        data = b""
         conn.settimeout(30)
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return None
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
+        request = read_request(conn)
+        if request is None:
+            return None
+        head, body, _ = request
         lines = head.decode("latin-1").split("\r\n")[1:]
         headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-        length = int(headers.get("content-length") or 0)
-        while len(body) < length:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return None
-            body += chunk
         return headers, body
 
     @staticmethod
@@ -234,11 +214,6 @@ class Misbehaving:
         """The connections on which a whole request arrived."""
         with self.lock:
             return [s for s in self.seen if s.headers is not None]
-
-    def close(self) -> None:
-        self.closing.set()
-        self.listener.close()
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture

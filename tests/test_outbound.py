@@ -8,9 +8,8 @@ import ipaddress
 import re
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import Sink, free_port, sample, wait_until, write_recipe, write_sources
+from conftest import RawServer, Sink, free_port, read_request, sample, wait_until, write_recipe, write_sources
 from relay.destinations.base import transport_detail
 from relay.errors import ConfigError
 from relay.outbound import AddressRefused, AiohttpTransport, Policy, guarded_client, parse_networks
@@ -175,7 +174,7 @@ def test_a_missing_url_field_is_a_plain_dead_delivery(make_relay: Any, sink: Sin
 OK_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}"
 
 
-class Wire:
+class Wire(RawServer):
     """A raw HTTP/1.1 server on 127.0.0.1 that keeps what came over the wire: how many
     connections were opened (and the most open at once), and each request's bytes.
 
@@ -193,27 +192,14 @@ class Wire:
         self.connections = 0
         self.open = 0
         self.most_open = 0
-        self.lock = threading.Lock()
-        self.closing = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
+        super().__init__("https" if tls else "http")
 
-    def _accept(self) -> None:
-        while not self.closing.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-                self.open += 1
-                self.most_open = max(self.most_open, self.open)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def accepted(self, conn: socket.socket) -> Callable[[], None]:
+        with self.lock:
+            self.connections += 1
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+        return lambda: self._serve(conn)
 
     def _serve(self, conn: socket.socket) -> None:
         buffer = b""
@@ -222,22 +208,12 @@ class Wire:
             if self.tls is not None:
                 conn = self.tls.wrap_socket(conn, server_side=True)
             while True:
-                while b"\r\n\r\n" not in buffer:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                head, _, rest = buffer.partition(b"\r\n\r\n")
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                while len(rest) < length:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    rest += chunk
+                request = read_request(conn, buffer)
+                if request is None:
+                    return
+                head, body, buffer = request
                 with self.lock:
-                    self.requests.append(head + b"\r\n\r\n" + rest[:length])
-                buffer = rest[length:]
+                    self.requests.append(head + b"\r\n\r\n" + body)
                 time.sleep(self.delay)
                 conn.sendall(self.answer)
         except OSError:
@@ -246,11 +222,6 @@ class Wire:
             with self.lock:
                 self.open -= 1
             conn.close()
-
-    def close(self) -> None:
-        self.closing.set()
-        self.listener.close()
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture
