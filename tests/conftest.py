@@ -408,6 +408,21 @@ def write_recipe(folder: Path, name: str, text: str) -> Path:
     return path
 
 
+def quicket_http_recipe(folder: Path, url: str, name: str = "crm") -> None:
+    """sources.yaml, and a recipe sending each Quicket checkout's reference and email to ``url``."""
+    write_sources(folder)
+    write_recipe(folder, name, f"""\
+source: quicket
+events: ["checkout_completed"]
+fields:
+  reference: reference
+  email: email
+to:
+  - type: http
+    url: {url}
+""")
+
+
 # --- relay as a real process ------------------------------------------------------
 
 

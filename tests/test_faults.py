@@ -50,6 +50,7 @@ from conftest import (
     Reply,
     Sink,
     free_port,
+    quicket_http_recipe,
     read_request,
     sample,
     sign,
@@ -75,20 +76,6 @@ def quicket_body(reference: str, pad: int = 0) -> bytes:
 
 def post(relay: RelayServer, reference: str) -> httpx.Response:
     return relay.send("quicket", "quicket", quicket_body(reference))
-
-
-def http_recipe(folder: Path, url: str) -> None:
-    write_sources(folder)
-    write_recipe(folder, "crm", f"""\
-source: quicket
-events: ["checkout_completed"]
-fields:
-  reference: reference
-  email: email
-to:
-  - type: http
-    url: {url}
-""")
 
 
 def settled(relay: RelayServer, event_id: int, status: str, timeout: float = 60) -> dict[str, Any]:
@@ -244,7 +231,7 @@ def test_a_misbehaving_destination_is_retried_until_it_behaves(
         make_relay: Callable[..., RelayServer], tmp_path: Path, misbehaving: Misbehaving,
         mode: str, faults: int, outcomes: list[str], words: str | None) -> None:
     misbehaving.script = [mode] * faults
-    http_recipe(tmp_path / "recipes", f"{misbehaving.url}/hook")
+    quicket_http_recipe(tmp_path / "recipes", f"{misbehaving.url}/hook")
     relay = make_relay(delivery_timeout=TIMEOUT, retry_base=0.2, retry_max_delay=1.0)
     response = post(relay, f"F-{mode}")
     assert response.status_code == 200, response.text
@@ -279,7 +266,7 @@ def test_a_redirect_is_not_followed_and_waits_for_a_person(
         sink: Sink) -> None:
     misbehaving.script = ["redirect"]
     misbehaving.redirect_to = f"{sink.url}/elsewhere"
-    http_recipe(tmp_path / "recipes", f"{misbehaving.url}/hook")
+    quicket_http_recipe(tmp_path / "recipes", f"{misbehaving.url}/hook")
     relay = make_relay(delivery_timeout=TIMEOUT)
     response = post(relay, "F-redirect")
     assert response.status_code == 200, response.text
@@ -502,7 +489,7 @@ def test_disk_full_max_page_count(make_relay: Callable[..., RelayServer], tmp_pa
                                   sink: Sink, runtimes: list[Runtime]) -> None:
     """The writer's connection may not grow the file (``PRAGMA max_page_count``): this
     runs anywhere, without root."""
-    http_recipe(tmp_path / "recipes", f"{sink.url}/crm")
+    quicket_http_recipe(tmp_path / "recipes", f"{sink.url}/crm")
     relay = make_relay(delivery_timeout=TIMEOUT, retry_base=0.2, retry_max_delay=1.0)
     [runtime] = runtimes
 
@@ -539,7 +526,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.slow
 def test_disk_full_for_real(small_disk: Path, tmp_path: Path, sink: Sink) -> None:
     """``relay serve`` with its database on a small tmpfs, which a file then fills."""
-    http_recipe(tmp_path / "recipes", f"{sink.url}/crm")
+    quicket_http_recipe(tmp_path / "recipes", f"{sink.url}/crm")
     db = small_disk / "relay.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env.update({"RELAY_RECIPES": str(tmp_path / "recipes"), "RELAY_DB": str(db),
@@ -643,7 +630,7 @@ def check_all_delivered(db: Path, answers: list[Answered]) -> None:
 def test_a_write_lock_held_elsewhere_makes_ingest_wait(
         make_relay: Callable[..., RelayServer], tmp_path: Path, sink: Sink) -> None:
     """Another connection holds the write lock (BEGIN IMMEDIATE) for 3 s."""
-    http_recipe(tmp_path / "recipes", f"{sink.url}/crm")
+    quicket_http_recipe(tmp_path / "recipes", f"{sink.url}/crm")
     relay = make_relay()
     db = relay.settings.db
     posters = Posters(relay.url, "LK")
@@ -679,7 +666,7 @@ def test_a_backup_of_a_large_database_does_not_stop_ingest(
     """``relay backup`` (SQLite's backup API, in its own process) of a database with
     60,000 events, while webhooks keep coming."""
     db = tmp_path / "relay.db"
-    http_recipe(tmp_path / "recipes", f"{sink.url}/crm")
+    quicket_http_recipe(tmp_path / "recipes", f"{sink.url}/crm")
     fill_db(db, 60_000, received_from=time.time() - 3600)
     relay = make_relay()
     posters = Posters(relay.url, "BK")

@@ -19,27 +19,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from conftest import RelayServer, Reply, Sink, free_port, sample, wait_until, write_recipe, write_sources
+from conftest import RelayServer, Reply, Sink, free_port, quicket_http_recipe, sample, wait_until
 from relay.cli import cli
 from relay.delivery import backoff
 from relay.destinations.base import parse_retry_after
 from relay.settings import Settings
 
 BASE = json.loads(sample("quicket/checkout_completed.json"))
-
-
-def recipe(folder: Path, url: str, name: str = "crm") -> None:
-    write_sources(folder)
-    write_recipe(folder, name, f"""\
-source: quicket
-events: ["checkout_completed"]
-fields:
-  reference: reference
-  email: email
-to:
-  - type: http
-    url: {url}
-""")
 
 
 def post(relay: RelayServer, reference: str = "R-1") -> int:
@@ -68,7 +54,7 @@ def settled(relay: RelayServer, delivery_id: int, status: str,
 
 @pytest.fixture
 def crm(make_relay: Callable[..., RelayServer], tmp_path: Path, sink: Sink) -> RelayServer:
-    recipe(tmp_path / "recipes", f"{sink.url}/crm")
+    quicket_http_recipe(tmp_path / "recipes", f"{sink.url}/crm")
     return make_relay()
 
 
@@ -133,7 +119,7 @@ def test_parse_retry_after() -> None:
 def test_connection_refused_is_retried_not_dead(make_relay: Callable[..., RelayServer],
                                                 tmp_path: Path) -> None:
     closed = free_port()  # nothing listens there
-    recipe(tmp_path / "recipes", f"http://127.0.0.1:{closed}/crm")
+    quicket_http_recipe(tmp_path / "recipes", f"http://127.0.0.1:{closed}/crm")
     relay = make_relay()
     event_id = post(relay)
     delivery_id = delivery_of(relay, event_id)["id"]
@@ -148,7 +134,7 @@ def test_connection_refused_is_retried_not_dead(make_relay: Callable[..., RelayS
 
 def test_max_age_gives_up(make_relay: Callable[..., RelayServer], tmp_path: Path,
                           sink: Sink) -> None:
-    recipe(tmp_path / "recipes", f"{sink.url}/crm")
+    quicket_http_recipe(tmp_path / "recipes", f"{sink.url}/crm")
     sink.default = Reply(503, b"maintenance")
     relay = make_relay(max_age=1.0)
     event_id = post(relay)
@@ -206,8 +192,8 @@ def test_replay_unknown_or_pending_is_a_plain_error(crm: RelayServer) -> None:
 def test_replay_dead_of_one_recipe(make_relay: Callable[..., RelayServer], tmp_path: Path,
                                    sink: Sink) -> None:
     folder = tmp_path / "recipes"
-    recipe(folder, f"{sink.url}/crm", name="crm")
-    recipe(folder, f"{sink.url}/other", name="other")
+    quicket_http_recipe(folder, f"{sink.url}/crm", name="crm")
+    quicket_http_recipe(folder, f"{sink.url}/other", name="other")
     sink.default = Reply(422, b'{"error":"no"}')
     relay = make_relay()
     for n in range(3):
@@ -286,7 +272,7 @@ def test_retry_after_date_without_zone_is_utc(monkeypatch: pytest.MonkeyPatch) -
 def test_retry_after_longer_than_max_age_tries_once_more_at_the_deadline(
         make_relay: Callable[..., RelayServer], tmp_path: Path, sink: Sink) -> None:
     sink.replies = [Reply(429, b'{"error":"slow down"}', {"Retry-After": "3600"}), Reply(200)]
-    recipe(tmp_path / "recipes", sink.url + "/crm")
+    quicket_http_recipe(tmp_path / "recipes", sink.url + "/crm")
     relay = make_relay(max_age=2.0)
     delivery = delivery_of(relay, post(relay))
     done = settled(relay, delivery["id"], "delivered")
