@@ -275,6 +275,21 @@ class Relay:
         keys = ["events", "accepted", "duplicates", "unrouted", "delivered", "undelivered", "last_delivered"]
         return dict(zip(keys, row, strict=True))
 
+    def drained(self, sink_port: int, posts: int, timeout: float, label: str) -> dict[str, Any]:
+        """Wait until the sink has had ``posts`` POSTs and relay has nothing left to route
+        or deliver, at most ``timeout`` seconds; relay's counts then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if get_json(sink_port, "/stats")["posts"] >= posts:
+                counts = self.counts()
+                if counts["unrouted"] == 0 and counts["undelivered"] == 0:
+                    return counts
+            if time.monotonic() > deadline:
+                counts = self.counts()
+                say(f"  {label}: not drained after {timeout:g} s: {counts}")
+                return counts
+            time.sleep(0.1)
+
 
 def folder_for(base: Path, name: str, recipes: dict[str, str], installed: bool = True) -> Path:
     """A folder for ``relay serve``: sources.yaml and ``recipes``.
@@ -406,17 +421,7 @@ def bench_relay(args: argparse.Namespace) -> dict[str, Any]:
             r["cpu"] = (cpu_seconds(relay.pid) - cpu) / args.duration
             time.sleep(0.3)
             accepted = relay.counts()["accepted"]
-            deadline = time.monotonic() + args.drain_timeout
-            while True:
-                if get_json(args.sink_port, "/stats")["posts"] >= accepted:
-                    counts = relay.counts()
-                    if counts["unrouted"] == 0 and counts["undelivered"] == 0:
-                        break
-                if time.monotonic() > deadline:
-                    counts = relay.counts()
-                    say(f"  relay run {i + 1}: not drained after {args.drain_timeout:g} s: {counts}")
-                    break
-                time.sleep(0.1)
+            counts = relay.drained(args.sink_port, accepted, args.drain_timeout, f"relay run {i + 1}")
             r["rss_mb"] = peak_rss_mb(relay.pid)
             r["cpu_us_event"] = (cpu_seconds(relay.pid) - cpu) / max(1, counts["accepted"]) * 1e6
         finally:
@@ -486,20 +491,11 @@ def bench_backlog(args: argparse.Namespace) -> dict[str, Any]:
             started = time.time()
             relay.start()
             cpu = cpu_seconds(relay.pid)
-            deadline = time.monotonic() + args.drain_timeout
             with contextlib.ExitStack() as stack:
                 if i == 0:
                     stack.enter_context(profiled(args, relay.pid, "backlog", args.backlog / 2000))
-                while True:
-                    if get_json(args.sink_port, "/stats")["posts"] >= args.backlog:
-                        counts = relay.counts()
-                        if counts["undelivered"] == 0:
-                            break
-                    if time.monotonic() > deadline:
-                        counts = relay.counts()
-                        say(f"  backlog run {i + 1}: not drained after {args.drain_timeout:g} s: {counts}")
-                        break
-                    time.sleep(0.1)
+                counts = relay.drained(args.sink_port, args.backlog, args.drain_timeout,
+                                       f"backlog run {i + 1}")
             sink = get_json(args.sink_port, "/stats")
             last = counts["last_delivered"]
             r = {"rate": counts["delivered"] / (last - sink["first"]),
