@@ -226,7 +226,7 @@ def transport_detail(error: BaseException) -> str:
     """What went wrong on the wire, in the plainest words found in ``error``'s chain."""
     texts: list[str] = []
     found: BaseException | None = error
-    for _ in range(8):  # httpx wraps aiohttp (or httpcore and anyio) wraps the OSError
+    for _ in range(8):  # relay/outbound.py's httpx error wraps aiohttp's, which wraps the OSError
         if found is None:
             break
         if isinstance(found, ConnectionResetError):
