@@ -661,6 +661,37 @@ def test_a_write_lock_held_elsewhere_makes_ingest_wait(
     check_all_delivered(db, answers)
 
 
+def test_relay_keeps_answering_while_a_webhook_waits_for_the_write_lock(
+        make_relay: Callable[..., RelayServer], tmp_path: Path, sink: Sink) -> None:
+    """The writer runs on the event loop's thread, so it must wait for a lock held
+    elsewhere without stopping that loop: while a webhook waits for its commit, the
+    web UI still answers, and the webhook is stored once the lock is let go."""
+    quicket_http_recipe(tmp_path / "recipes", f"{sink.url}/crm")
+    relay = make_relay()
+    body = quicket_body("WAITS-1")
+    path, headers = sign("quicket", "quicket", body)
+    answers: list[httpx.Response] = []
+    with contextlib.closing(sqlite3.connect(relay.settings.db, isolation_level=None,
+                                            timeout=30)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            poster = threading.Thread(target=lambda: answers.append(
+                httpx.post(relay.url + path, content=body, headers=headers, timeout=120)))
+            poster.start()
+            time.sleep(0.5)  # for the webhook to reach the writer (not a bound on anything)
+            # A loop stopped by SQLite's own wait for the lock would answer only after
+            # its busy timeout (30 s): this bound is well below that, and far above what
+            # a login page takes on any machine.
+            page = httpx.get(f"{relay.url}/login", timeout=15)
+            assert page.status_code == 200
+            assert not answers, "the webhook was answered while the lock was still held"
+        finally:
+            other.execute("ROLLBACK")
+    poster.join(timeout=120)
+    assert [a.status_code for a in answers] == [200], [a.text for a in answers]
+    check_all_delivered(relay.settings.db, [Answered("WAITS-1", 200, 0.0, 0.0)])
+
+
 def test_a_backup_of_a_large_database_does_not_stop_ingest(
         make_relay: Callable[..., RelayServer], tmp_path: Path, sink: Sink) -> None:
     """``relay backup`` (SQLite's backup API, in its own process) of a database with

@@ -113,7 +113,11 @@ HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 
 
 def mac(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
-    return hmac.new(key, message, DIGESTS[algorithm]).digest()
+    # hmac.digest with the digest's name: OpenSSL's one-shot HMAC, without the
+    # Python object hmac.new makes.
+    if algorithm not in DIGESTS:
+        raise KeyError(algorithm)
+    return hmac.digest(key, message, algorithm)
 
 
 def decode_signature(text: str, encoding: str, size: int) -> bytes | None:
