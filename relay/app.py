@@ -128,7 +128,8 @@ class Runtime:
             limits=httpx.Limits(max_connections=max(settings.concurrency, 10)),
             headers={"User-Agent": "relay"},
         )
-        self.router = Router(self.writer, lambda: self.config.recipes, self._queued)
+        self.router = Router(self.writer, lambda: self.config.recipes, self._queued,
+                             search=Store(settings.db))
         self.deliverer = Deliverer(self.writer, lambda: self.config.recipes, settings, self.client,
                                    metrics=self.metrics)
         self.retention = Retention(self.writer, settings)
@@ -180,6 +181,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self.tasks, *self.deliverer.in_flight, return_exceptions=True)
         await self.client.aclose()
+        self.router.close()
         self.writer.close()
         self.reader.close()
         self.readers.close()

@@ -9,6 +9,7 @@ mark commit together, so a crash in between routes it again from scratch.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -161,12 +162,30 @@ class Router:
     INDEX_EVERY = 0.5
 
     def __init__(self, writer: Writer, recipes: Callable[[], Recipes],
-                 on_queued: Callable[[], None]) -> None:
+                 on_queued: Callable[[], None], search: Store | None = None) -> None:
         self.writer = writer
         self.recipes = recipes
         self.on_queued = on_queued
         self.wake = asyncio.Event()
         self._index_at = 0.0
+        # The text search is filled on a connection of its own (``search``), in a
+        # thread, off the event loop; without one, by the writer.
+        self.search = search
+        self._indexer = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="relay-search")
+                         if search is not None else None)
+
+    async def index_for_search(self) -> int:
+        if self.search is None or self._indexer is None:
+            return await self.writer.run(lambda s: s.index_for_search())
+        return await asyncio.get_running_loop().run_in_executor(
+            self._indexer, self.search.index_for_search)
+
+    def close(self) -> None:
+        """Wait for an index batch under way, and close the search's connection."""
+        if self._indexer is not None:
+            self._indexer.shutdown(wait=True)
+        if self.search is not None:
+            self.search.close()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -175,7 +194,7 @@ class Router:
                 routed_any = await self.route_pending()
                 caught_up = True
                 if not routed_any or loop.time() >= self._index_at:
-                    indexed = await self.writer.run(lambda s: s.index_for_search())
+                    indexed = await self.index_for_search()
                     caught_up = indexed < Store.INDEX_BATCH
                     self._index_at = loop.time() + self.INDEX_EVERY
             except Exception:  # e.g. the disk is full: the events wait, routing goes on

@@ -727,15 +727,19 @@ class Store(LogQueries):
         router, so the highest id it holds says where the next batch starts. Done
         in batches, apart from storing and routing: one segment for many events
         instead of one per commit (bench/: a third of ingest's time went here).
+        In the server it runs on a connection of its own, in a thread (``Router``):
+        one statement, so SQLite does the work without holding Python's lock, on the
+        other core, and the writer waits only for its lock.
         """
         conn = self.db.conn
-        last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events_fts_docsize").fetchone()[0]
-        waiting = conn.execute(
-            "SELECT MIN(id) FROM events WHERE routed_at IS NULL").fetchone()[0]
-        return conn.execute(
-            "INSERT INTO events_fts (rowid, body) SELECT id, body FROM events"
-            " WHERE id > ? AND id < ? AND status != 'duplicate' ORDER BY id LIMIT ?",
-            [last, waiting if waiting is not None else 2**62, limit]).rowcount
+        with self._writing():
+            last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events_fts_docsize").fetchone()[0]
+            waiting = conn.execute(
+                "SELECT MIN(id) FROM events WHERE routed_at IS NULL").fetchone()[0]
+            return int(conn.execute(
+                "INSERT INTO events_fts (rowid, body) SELECT id, body FROM events"
+                " WHERE id > ? AND id < ? AND status != 'duplicate' ORDER BY id LIMIT ?",
+                [last, waiting if waiting is not None else 2**62, limit]).rowcount)
 
     def unindex_pruned(self) -> None:
         """Take the events about to be pruned (``_prune``, and their redeliveries) out of
@@ -834,7 +838,7 @@ class Writer:
 
     MAX_BATCH = 256
     BUSY_TIMEOUT = 30.0
-    BUSY_RETRY = 0.01
+    BUSY_RETRY = 0.002
 
     def __init__(self, path: Path | str) -> None:
         self.store = Store(path)
