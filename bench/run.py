@@ -171,7 +171,7 @@ def profiled(args: argparse.Namespace, pid: int, name: str, seconds: float) -> I
     args.profile.mkdir(parents=True, exist_ok=True)
     out = args.profile / f"{name}.txt"
     spy = subprocess.Popen([args.py_spy, "record", "-p", str(pid), "-d", str(max(1, int(seconds))),
-                            "-r", "100", "--threads", "--nonblocking", "--format", "raw", "-o", str(out)],
+                            "-r", "250", "--threads", "--nonblocking", "--format", "raw", "-o", str(out)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
@@ -188,13 +188,15 @@ WRITER_JOBS = ("insert_event", "unrouted_events", "index_for_search", "record_ro
 def where(frames: list[str]) -> str:
     """What one sampled stack was doing, in relay's terms."""
     stack = ";".join(frames)
-    if "relay-writer" in frames[0]:
+    if "relay-wal-flush" in frames[0]:
+        return "WAL flush thread (fdatasync)"
+    if "relay-search" in frames[0]:
+        return "text search thread (index_for_search)"
+    if "Writer._flush" in stack:  # on the event loop's thread
         job = next((j for j in WRITER_JOBS if f"Store.{j} " in stack), None)
         if job:
-            return f"writer thread: {job}"
-        if "_run_batch" in stack:
-            return "writer thread: BEGIN / savepoints / COMMIT (fsync)"
-        return "writer thread: waiting for jobs (GIL)"
+            return f"writer: {job}"
+        return "writer: BEGIN / savepoints / COMMIT"
     if "route_event" in stack:
         return "router: recipes (worker thread)"
     if "MainThread" not in frames[0]:

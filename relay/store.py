@@ -489,9 +489,11 @@ class Store(LogQueries):
         now = time.time() if now is None else now
         marks = ",".join("?" * len(ids))
         with self._atomic(savepoint=False):  # one statement
-            cursor = self.db.execute(
+            # "+status": by the ids, never by the status index, which SQLite picks for
+            # more than one id and then reads every pending delivery (a backlog's all).
+            cursor = self.db.conn.execute(
                 f"UPDATE deliveries SET status = 'sending', updated_at = ? WHERE id IN ({marks})"
-                " AND status = 'pending' RETURNING id", [now, *ids])
+                " AND +status = 'pending' RETURNING id", [now, *ids])
             return {int(row[0]) for row in cursor.fetchall()}
 
     def next_due_at(self) -> float | None:
@@ -861,6 +863,7 @@ class Writer:
 
         ``savepoint=False`` only for a job of one writing statement (reads aside),
         which SQLite undoes by itself when it fails (``Store.insert_event``).
+        A transaction that wrote nothing (reads only) is not flushed.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -902,6 +905,7 @@ class Writer:
         if self._pending:
             self._scheduled = loop
             loop.call_soon(self._flush)
+        changes = self.store.db.conn.total_changes
         try:
             outcomes = self._run_batch(batch, began)
         except Exception as e:  # a bug here must not leave the jobs waiting forever
@@ -911,7 +915,8 @@ class Writer:
                     self.store.db.execute("ROLLBACK")
             failure = StorageUnavailable(f"the database cannot be written: {e}")
             outcomes = [(job, None, failure, False) for job in batch]
-        if self._wal is None or began is not None:
+        if (self._wal is None or began is not None
+                or self.store.db.conn.total_changes == changes):  # failed, or wrote nothing
             _tell(outcomes)
             return
         self._unflushed += outcomes

@@ -244,8 +244,8 @@ class LogQueries:
         now = time.time() if now is None else now
         with self._writing():
             marks = ",".join("?" * len(ids))
-            dead = [int(r["id"]) for r in self.rows(
-                f"SELECT id FROM deliveries WHERE status = 'dead' AND id IN ({marks})", list(ids))]
+            dead = [int(r["id"]) for r in self.rows(  # "+status": by the ids (Store.claim)
+                f"SELECT id FROM deliveries WHERE +status = 'dead' AND id IN ({marks})", list(ids))]
             for delivery_id in dead:
                 self.replay(delivery_id=delivery_id, now=now)
         return dead
