@@ -868,10 +868,18 @@ class Writer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append(_Job(fn, future, loop, savepoint))
-        if self._scheduled is None:
+        self._kick(loop)
+        return await future
+
+    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the queued jobs at the loop's next turn, unless that is planned already or
+        a WAL flush is under way: then once it is done, so that the jobs queued
+        meanwhile share one transaction. (Committing them sooner would not tell anyone
+        sooner: only a flush begun after a commit makes it durable. And a hot page, an
+        index's say, is written to the WAL once for them all, not once each.)"""
+        if self._scheduled is None and not self._flushing and self._pending:
             self._scheduled = loop
             loop.call_soon(self._flush)
-        return await future
 
     def close(self) -> None:
         """Run what is still queued, wait for the flushes, and close the database."""
@@ -889,7 +897,7 @@ class Writer:
 
     def _flush(self) -> None:
         loop, self._scheduled = self._scheduled, None
-        if not self._pending or loop is None:
+        if not self._pending or loop is None or self._flushing:
             return
         began = self._begin()
         if began is not None and "locked" in str(began.__cause__ or began):
@@ -902,9 +910,6 @@ class Writer:
                 return
         self._locked_since = None
         batch, self._pending = self._pending[:self.MAX_BATCH], self._pending[self.MAX_BATCH:]
-        if self._pending:
-            self._scheduled = loop
-            loop.call_soon(self._flush)
         changes = self.store.db.conn.total_changes
         try:
             outcomes = self._run_batch(batch, began)
@@ -918,10 +923,10 @@ class Writer:
         if (self._wal is None or began is not None
                 or self.store.db.conn.total_changes == changes):  # failed, or wrote nothing
             _tell(outcomes)
+            self._kick(loop)
             return
         self._unflushed += outcomes
-        if not self._flushing:
-            self._start_flush(loop)
+        self._start_flush(loop)
 
     def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._wal is not None
@@ -935,6 +940,7 @@ class Writer:
         _tell(self._flush_failed(outcomes, error))
         if self._unflushed:
             self._start_flush(loop)
+        self._kick(loop)
 
     @staticmethod
     def _flush_failed(outcomes: list[_Outcome], error: OSError | None) -> list[_Outcome]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gzip
 import ipaddress
+import json
 import re
 import socket
 import ssl
@@ -24,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from conftest import RawServer, Sink, free_port, read_request, sample, wait_until, write_recipe, write_sources
 from relay.destinations.base import transport_detail
 from relay.errors import ConfigError
-from relay.outbound import AddressRefused, AiohttpTransport, Policy, guarded_client, parse_networks
+from relay.outbound import AddressRefused, AiohttpTransport, Answer, Policy, guarded_client, parse_networks
 from relay.settings import Settings
 
 
@@ -294,20 +296,26 @@ def test_an_allowed_address_gets_the_request_httpx_would_send_on_one_connection(
     the connection is kept alive and reused."""
     url = wire.url + "/in?x=%41&to=a%40b"  # percent-encoding as httpx left it
 
-    async def attempt() -> list[httpx.Response]:
+    async def attempt() -> tuple[list[httpx.Response], list[Answer]]:
         async with httpx.AsyncClient(headers={"User-Agent": "relay"}) as client:
             await client.request(method, url, content=content, headers=headers)
         async with guarded_client(Policy(parse_networks("loopback")), headers={"User-Agent": "relay"},
                                   limits=httpx.Limits(max_connections=10)) as client:
-            return [await client.request(method, url, content=content, headers=headers, timeout=5)
-                    for _ in range(3)]
+            responses = [await client.request(method, url, content=content, headers=headers,
+                                              timeout=5) for _ in range(3)]
+            # What every delivery goes through (destinations/base.py), on the same connection.
+            answers = [await client.send_bytes(method, url, content=content, headers=headers,
+                                               timeout=5) for _ in range(2)]
+            return responses, answers
 
-    answers = asyncio.run(attempt())
-    assert [(a.status_code, a.json(), a.http_version) for a in answers] == [
+    responses, answers = asyncio.run(attempt())
+    assert [(a.status_code, a.json(), a.http_version) for a in responses] == [
         (200, {"ok": True}, "HTTP/1.1")] * 3
+    assert [(a.status_code, json.loads(a.text), a.headers) for a in answers] == [
+        (200, {"ok": True}, dict(responses[0].headers))] * 2
     by_httpx, *by_relay = wire.requests
     assert by_httpx.startswith(f"{method} /in?x=%41&to=a%40b HTTP/1.1\r\n".encode())
-    assert by_relay == [by_httpx] * 3
+    assert by_relay == [by_httpx] * 5
     assert wire.connections == 2  # one for httpx's client, one (reused) for relay's
 
 
@@ -396,6 +404,37 @@ def test_closing_the_client_closes_its_connections(wire: Wire) -> None:
 
     asyncio.run(attempt())
     wait_until(lambda: wire.open == 0, timeout=5)
+
+
+def answered(head: bytes, body: bytes) -> tuple[httpx.Response, Answer]:
+    """The same answer, as httpx's own client reads it and as relay's ``send_bytes`` does."""
+    wire = Wire(head + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    try:
+        async def attempt() -> tuple[httpx.Response, Answer]:
+            async with httpx.AsyncClient() as plain:
+                by_httpx = await plain.post(wire.url, content=b"{}")
+            async with guarded_client(Policy(parse_networks("loopback"))) as client:
+                return by_httpx, await client.send_bytes("POST", wire.url, headers={},
+                                                         content=b"{}", timeout=5)
+        return asyncio.run(attempt())
+    finally:
+        wire.close()
+
+
+@pytest.mark.parametrize(("head", "body"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Type: application/json", b'{"id": "caf\xc3\xa9"}'),
+    # A charset is honoured; a body that is not in it has its bad bytes replaced.
+    (b"HTTP/1.1 201 Created\r\nContent-Type: text/plain; charset=latin-1", "d\u00e9j\u00e0".encode("latin-1")),
+    (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain", b"not utf-8: \xff\xfe"),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=no-such-charset", b"plain"),
+    # Compressed, as relay asks for (gzip, deflate), and repeated headers.
+    (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nX-Seen: 1\r\nX-Seen: 2",
+     gzip.compress('{"ok": "s\u00ed"}'.encode())),
+    (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nX-Note: caf\xc3\xa9", b""),
+])
+def test_an_answer_reads_as_httpx_reads_it(head: bytes, body: bytes) -> None:
+    by_httpx, answer = answered(head, body)
+    assert answer == Answer(by_httpx.status_code, dict(by_httpx.headers), by_httpx.text)
 
 
 def test_redirects_are_not_followed(wire: Wire) -> None:

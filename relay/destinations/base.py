@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import datetime
 import email.utils
+import functools
 import json
 import time
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 import httpx
 
 from ..errors import ConfigError, DeliveryFailed
-from ..outbound import AddressRefused
+from ..outbound import AddressRefused, Answer, GuardedClient
 from ..settings import Settings
 from .pacing import Pacer, Pacers
 
@@ -198,6 +199,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - now)
 
 
+@functools.lru_cache(maxsize=1024)
+def _host(url: str) -> str:
+    return httpx.URL(url).host
+
+
 def response_text(response: httpx.Response) -> str:
     try:
         text = response.text
@@ -269,15 +275,20 @@ async def send_http(
 async def _send_http(
     ctx: DeliveryContext, method: str, url: str, *, headers: dict[str, str], content: bytes,
 ) -> Sent:
-    host = httpx.URL(url).host
+    host = _host(url)
     try:
         # httpx's timeout bounds each connect, read and write; this bounds the whole
         # request, so that an answer trickling in a byte a second ends too.
         async with asyncio.timeout(ctx.timeout):
-            response = await ctx.client.request(
-                method, url, headers=headers, content=content, timeout=ctx.timeout,
-                follow_redirects=False,
-            )
+            if isinstance(ctx.client, GuardedClient):  # relay's own (relay/outbound.py)
+                answer = await ctx.client.send_bytes(
+                    method, url, headers=headers, content=content, timeout=ctx.timeout)
+            else:  # any other httpx client
+                response = await ctx.client.request(
+                    method, url, headers=headers, content=content, timeout=ctx.timeout,
+                    follow_redirects=False,
+                )
+                answer = Answer(response.status_code, dict(response.headers), response_text(response))
     except (httpx.TimeoutException, TimeoutError):
         raise DeliveryFailed(
             f"no answer within {ctx.timeout:g} s; relay will retry", retryable=True) from None
@@ -293,19 +304,19 @@ async def _send_http(
         raise DeliveryFailed(
             f"the connection to {host} broke before a whole answer came back: "
             f"{transport_detail(e)}; relay will retry", retryable=True) from None
-    text = response_text(response)
-    kept_headers = dict(response.headers)
-    code = response.status_code
+    text = answer.text[:RESPONSE_TEXT_KEPT]
+    kept_headers = answer.headers
+    code = answer.status_code
     if 200 <= code < 300:
         return Sent(code, kept_headers, text)
     retryable = code in RETRYABLE_STATUS or code >= 500
     message = f"HTTP {code}: {describe_status(code)}"
-    if 300 <= code < 400 and response.headers.get("location"):
-        message += f" (it points to {response.headers['location'][:200]})"
+    if 300 <= code < 400 and kept_headers.get("location"):
+        message += f" (it points to {kept_headers['location'][:200]})"
     raise DeliveryFailed(
         message,
         retryable=retryable,
-        retry_after=parse_retry_after(response.headers.get("retry-after")) if retryable else None,
+        retry_after=parse_retry_after(kept_headers.get("retry-after")) if retryable else None,
         status_code=code,
         response_body=text,
         response_headers=kept_headers,
