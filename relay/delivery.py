@@ -256,7 +256,7 @@ class Deliverer:
             outcomes = [DeliveryFailed(
                 f"relay hit an internal error sending this: {type(e).__name__}: {e}",
                 retryable=True)] * len(batch)
-        self.metrics.attempt_duration.labels(destination.type).observe(time.time() - started)
+        self.metrics.attempt_took(destination.type, time.time() - started)
         await self._finish(key, batch, outcomes, started)
 
     async def fail_batch(self, key: tuple[str, int], batch: list[dict[str, Any]],

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from .errors import BadBody, BodyTooLarge, RelayError, StorageUnavailable
 from .metrics import UNKNOWN_SOURCE
@@ -250,7 +250,7 @@ def error_response(error: RelayError, status: int | None = None) -> JSONResponse
     return JSONResponse({"error": error.message}, status_code=status or error.status)
 
 
-async def receive(request: HttpRequest) -> JSONResponse:
+async def receive(request: HttpRequest) -> Response:
     runtime: Runtime = request.state.runtime
     name = request.path_params["source"]
     token = request.path_params.get("token")
@@ -329,4 +329,6 @@ async def receive(request: HttpRequest) -> JSONResponse:
         runtime.router.wake.set()
     count(label, status, 200)
     log.info("%s webhook %r from %r: event %d", status, described.type, name, event_id)
-    return JSONResponse({"status": status, "event": event_id}, status_code=200)
+    # What JSONResponse would send, without encoding a dict for every webhook.
+    return Response(b'{"status":"%s","event":%d}' % (status.encode(), event_id),
+                    media_type="application/json")

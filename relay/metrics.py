@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -90,18 +90,31 @@ class Metrics:
             "relay_delivery_attempt_duration_seconds",
             "Seconds one attempt took (one request, or one batch for batching destinations).",
             ["destination_type"], buckets=ATTEMPT_BUCKETS, registry=self.registry)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         if db is not None:
             self.registry.register(QueueCollector(db))
 
     def received(self, source: str, outcome: str, status: int) -> None:
-        self.events.labels(source, outcome, str(status)).inc()
+        self._child(self.events, source, outcome, str(status)).inc()
 
     def attempted(self, dest_type: str, outcome: str, queued_at: float,
                   now: float | None = None) -> None:
-        self.deliveries.labels(dest_type, outcome).inc()
+        self._child(self.deliveries, dest_type, outcome).inc()
         if outcome == "delivered":
             now = time.time() if now is None else now
-            self.latency.labels(dest_type).observe(max(0.0, now - queued_at))
+            self._child(self.latency, dest_type).observe(max(0.0, now - queued_at))
+
+    def attempt_took(self, dest_type: str, seconds: float) -> None:
+        self._child(self.attempt_duration, dest_type).observe(seconds)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: the labels are few (sources,
+        outcomes, statuses, destination types), and each lookup checks and locks."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -240,8 +240,12 @@ def connect(path: Path | str) -> Database:
     return db
 
 
+#: One encoder for every row: json.dumps with options makes a new one each call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 class Store(LogQueries):
