@@ -7,6 +7,8 @@ loopback against bench/sink.py (started here unless ``--url`` is given):
 - relay's own client (``guarded_client`` of relay/outbound.py, as relay/app.py builds
   it): httpx's API over relay's own aiohttp transport, with the connect-time address
   check;
+- what relay's deliveries send with: the same client's ``send_bytes``, the same bytes
+  on the wire without httpx's request and response objects;
 - httpx with the aiohttp transport of the ``httpx-aiohttp`` package;
 - aiohttp directly.
 
@@ -95,6 +97,21 @@ async def relay_client(url: str, limit: int) -> Any:
 
 
 @contextlib.asynccontextmanager
+async def relay_send_bytes(url: str, limit: int) -> Any:
+    import httpx
+
+    from relay.outbound import Policy, guarded_client, parse_networks
+    client = guarded_client(Policy(parse_networks("loopback")),
+                            limits=httpx.Limits(max_connections=max(limit, 10)),
+                            headers={"User-Agent": "relay"})
+    async with client:
+        async def post() -> int:
+            answer = await client.send_bytes("POST", url, content=BODY, headers=HEADERS, timeout=30)
+            return answer.status_code
+        yield post
+
+
+@contextlib.asynccontextmanager
 async def httpx_aiohttp(url: str, limit: int) -> Any:
     import aiohttp
     import httpx
@@ -121,6 +138,7 @@ async def aiohttp_direct(url: str, limit: int) -> Any:
 CLIENTS = [
     ("httpx (its own async transport)", httpx_default),
     ("relay's client (httpx API, aiohttp, address check)", relay_client),
+    ("relay's deliveries (send_bytes: the same, without httpx's objects)", relay_send_bytes),
     ("httpx + httpx-aiohttp transport", httpx_aiohttp),
     ("aiohttp directly", aiohttp_direct),
 ]

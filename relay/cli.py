@@ -14,12 +14,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click_default_group import DefaultGroup
 
 from .destinations import DestinationContext
+from .destinations.pacing import Pacers
 from .errors import ConfigError, MappingError, RelayError
 from .logs import SecretFilter, setup_logging
 from .recipes import check_messages, load_recipe, load_recipes, redact
@@ -28,6 +29,9 @@ from .secrets import SecretStore
 from .settings import Settings, _duration
 from .sources import Request, load_sources
 from .store import Store
+
+if TYPE_CHECKING:
+    from .app import Config
 
 
 def settings_from(**options: Any) -> Settings:
@@ -77,13 +81,14 @@ def serve(recipes: Path | None, db: Path | None, host: str | None, port: int | N
         say: Callable[[str], None] = logging.getLogger("relay").info
     else:
         say = lambda line: click.echo(f"relay: {line}", err=True)  # noqa: E731
-    report_problems(settings, say, hidden)
+    loaded = report_problems(settings, say, hidden)
     say(f"webhooks go to {settings.public_url}/hooks/<source>")
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again, which
     # would end the process "killed by SIGTERM" (exit -15/143) after a clean stop.
     # Exit 0 instead: a SIGTERM asks relay to stop, and relay stopped as asked.
     signal.signal(signal.SIGTERM, _stopped)
-    uvicorn.run(create_app(settings, on_secrets=hidden.update), host=settings.host, port=settings.port,
+    uvicorn.run(create_app(settings, on_secrets=hidden.update, loaded=loaded),
+                host=settings.host, port=settings.port,
                 # uvicorn's access log would print Quicket's token (a secret) from the URL;
                 # relay logs each webhook itself, without it.
                 log_level="info", access_log=False, server_header=False,
@@ -103,19 +108,25 @@ def _stopped(signum: int, frame: Any) -> None:
     sys.exit(0)
 
 
-def report_problems(settings: Settings, say: Callable[[str], None], hidden: SecretFilter) -> None:
-    """Print every configuration problem at start-up; relay still starts."""
-    from .app import Config, secret_values
+def report_problems(settings: Settings, say: Callable[[str], None],
+                    hidden: SecretFilter) -> tuple[Config, Pacers]:
+    """Print every configuration problem at start-up; relay still starts.
+
+    Returns what it loaded, for the server to start with rather than load it again.
+    """
+    from .app import load_config, secret_values
 
     secrets = secret_store(settings)
     folder = Path(settings.recipes)
-    sources = load_sources(folder, secrets.lookup)
-    recipes = load_recipes(folder, sources, secrets.lookup, DestinationContext(Path(settings.data), settings))
-    hidden.update(secret_values(Config(sources, recipes), secrets))
+    pacers = Pacers()
+    config = load_config(settings, secrets, pacers)
+    sources, recipes = config.sources, config.recipes
+    hidden.update(secret_values(config, secrets))
     for line in check_messages(sources, recipes):
         say(f"{line} (this part is disabled until fixed)")
     say(f"{len(sources)} sources, {len(recipes.items)} recipes "
         f"({sum(r.active for r in recipes.items)} active) in {folder}")
+    return config, pacers
 
 
 @cli.command()
