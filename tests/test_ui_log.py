@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from filldb import fill as fill_db
 
 from conftest import (
     SECRETS,
@@ -36,6 +37,7 @@ from conftest import (
 from relay.retention import Retention
 from relay.settings import Settings
 from relay.store import Store, Writer
+from relay.ui.queries import LogQueries
 
 QUICKET = json.loads(sample("quicket/checkout_completed.json"))
 TITO = json.loads(sample("tito/ticket.completed.json"))
@@ -410,6 +412,40 @@ def integrity(path: Path) -> None:
         conn.execute("INSERT INTO events_fts (events_fts, rank) VALUES ('integrity-check', 1)")
     finally:
         conn.close()
+
+
+def test_counting_the_dead_a_filter_matches_is_given_up_in_time(
+        make_relay: Callable[..., RelayServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log offers to replay what a filter matches; counting them gets a time budget
+    (a search for the start of a common name can match a quarter of a big log), and
+    past it the offer stands without a number. The replay itself takes them all."""
+    db = tmp_path / "relay.db"
+    fill_db(db, 2000, received_from=time.time() - 3600)
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE deliveries SET status = 'dead' WHERE id % 2 = 0")
+    store = Store(db)
+    try:
+        assert store.count_dead_matching(budget=60) == 1000
+        assert store.count_dead_matching(budget=0) is None
+        assert len(store.dead_matching()) == 1000
+    finally:
+        store.close()
+
+    write_sources(tmp_path / "recipes")
+    ui = make_relay().login()
+    try:
+        assert "Replay all 1000 dead deliveries matching this filter" in ui.get("/log?status=dead").text
+        monkeypatch.setattr(LogQueries, "COUNT_BUDGET", 0.0)
+        page = ui.get("/log?status=dead")
+        assert "Replay all dead deliveries matching this filter" in page.text
+        assert len(row_ids(page)) == 50  # the page itself is whole
+        asked = time.time()
+        ui.post("/log/replay", data={"status": "dead"})
+        with contextlib.closing(sqlite3.connect(db)) as conn:  # every one of them was queued again
+            assert conn.execute("SELECT COUNT(*) FROM deliveries WHERE queued_at >= ?",
+                                [asked]).fetchone() == (1000,)
+    finally:
+        ui.close()
 
 
 def test_pruning_keeps_the_search_index_consistent(traffic: Traffic) -> None:

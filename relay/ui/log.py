@@ -168,7 +168,7 @@ def _read_page(store: Store, f: LogFilter, before: int | None, after: int | None
         for row in page["rows"]:
             row["state"] = delivery_state(row)
         if f.status in ("deliveries", "dead"):
-            page["dead_count"] = len(store.dead_matching(**f.replay_args(time.time())))
+            page["dead_count"] = store.count_dead_matching(**f.replay_args(time.time()))
     else:
         page["rows"], page["more"] = store.log_rejections(**args, before=before, after=after, limit=PAGE)
     return page

@@ -11,6 +11,7 @@ are routed (``Store.index_for_search``): an event is found within a second or so
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -134,8 +135,13 @@ class LogQueries:
 
     def _delivery_filter(
         self, *, source: str | None, recipe: str | None, status: str | None, since: float | None,
+        by_event: bool = False,
     ) -> tuple[str, list[str], list[Any]] | None:
-        """FROM and WHERE of the log's deliveries, with their event (None: nothing can match)."""
+        """FROM and WHERE of the log's deliveries, with their event (None: nothing can match).
+
+        ``by_event``: the query names its events (``d.event_id IN (...)``, a search's
+        batch), so the deliveries are found through their event, not by scanning.
+        """
         where: list[str] = []
         params: list[Any] = []
         if source:
@@ -159,7 +165,8 @@ class LogQueries:
             params += [first_delivery["id"], first, since]
         # The dead ones have their own index, in id order; left to itself, SQLite reads
         # them through deliveries_due and sorts them all.
-        table = "deliveries d INDEXED BY deliveries_dead" if status == "dead" else "deliveries d"
+        table = ("deliveries d INDEXED BY deliveries_event" if by_event
+                 else "deliveries d INDEXED BY deliveries_dead" if status == "dead" else "deliveries d")
         return f"{table} CROSS JOIN events e ON e.id = d.event_id", where, params
 
     def log_deliveries(
@@ -168,11 +175,12 @@ class LogQueries:
         after: int | None = None, limit: int = 50,
     ) -> tuple[list[dict[str, Any]], bool]:
         """A page of deliveries, with their event's source and type (see ``_keyset``)."""
-        found = self._delivery_filter(source=source, recipe=recipe, status=status, since=since)
+        match = self.match_query(search)
+        found = self._delivery_filter(source=source, recipe=recipe, status=status, since=since,
+                                      by_event=match is not None)
         if found is None:
             return [], False
         tables, where, params = found
-        match = self.match_query(search)
         if match:
             return self._searched_deliveries(tables, where, params, match, before, after, limit)
         return self._keyset(f"SELECT {self._DELIVERY_COLUMNS} FROM {tables}", where, params, "d.id",
@@ -219,6 +227,28 @@ class LogQueries:
             matches.close()
         page = found[:limit]
         return (page[::-1] if upward else page), len(found) > limit
+
+    #: Seconds the log page gives counting the dead deliveries its filter matches. A
+    #: search for the start of a common name can match a quarter of a big log; past
+    #: this the page offers to replay them all without saying how many.
+    COUNT_BUDGET = 0.05
+
+    def count_dead_matching(self, *, budget: float | None = None, source: str | None = None,
+                            recipe: str | None = None, since: float | None = None,
+                            search: str | None = None) -> int | None:
+        """How many ids ``dead_matching`` gives; None when counting them took longer
+        than ``budget`` seconds (SQLite stops the query)."""
+        deadline = time.monotonic() + (self.COUNT_BUDGET if budget is None else budget)
+        conn = self.db.conn
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, 100)
+        try:
+            return len(self.dead_matching(source=source, recipe=recipe, since=since, search=search))
+        except sqlite3.OperationalError as e:
+            if "interrupted" not in str(e):
+                raise
+            return None
+        finally:
+            conn.set_progress_handler(None, 0)
 
     def dead_matching(self, *, source: str | None = None, recipe: str | None = None,
                       since: float | None = None, search: str | None = None) -> list[int]:
