@@ -80,15 +80,19 @@ async def httpx_default(url: str, limit: int) -> Any:
         yield post
 
 
-@contextlib.asynccontextmanager
-async def relay_client(url: str, limit: int) -> Any:
+def _relay(limit: int) -> Any:
+    """relay's client, as relay/app.py builds it, for loopback."""
     import httpx
 
     from relay.outbound import Policy, guarded_client, parse_networks
-    client = guarded_client(Policy(parse_networks("loopback")),
-                            limits=httpx.Limits(max_connections=max(limit, 10)),
-                            headers={"User-Agent": "relay"})
-    async with client:
+    return guarded_client(Policy(parse_networks("loopback")),
+                          limits=httpx.Limits(max_connections=max(limit, 10)),
+                          headers={"User-Agent": "relay"})
+
+
+@contextlib.asynccontextmanager
+async def relay_client(url: str, limit: int) -> Any:
+    async with _relay(limit) as client:
         async def post() -> int:
             response = await client.request("POST", url, content=BODY, headers=HEADERS, timeout=30,
                                             follow_redirects=False)
@@ -98,13 +102,7 @@ async def relay_client(url: str, limit: int) -> Any:
 
 @contextlib.asynccontextmanager
 async def relay_send_bytes(url: str, limit: int) -> Any:
-    import httpx
-
-    from relay.outbound import Policy, guarded_client, parse_networks
-    client = guarded_client(Policy(parse_networks("loopback")),
-                            limits=httpx.Limits(max_connections=max(limit, 10)),
-                            headers={"User-Agent": "relay"})
-    async with client:
+    async with _relay(limit) as client:
         async def post() -> int:
             answer = await client.send_bytes("POST", url, content=BODY, headers=HEADERS, timeout=30)
             return answer.status_code
