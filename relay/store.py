@@ -821,20 +821,22 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 class Writer:
     """The one writer to SQLite, with group commit, on the event loop's own thread.
 
-    ``await writer.run(fn)`` queues ``fn(store)``. The jobs queued in one turn of the
-    event loop run together in one transaction, each in its own savepoint so that one
-    failing job does not undo the others. The transaction commits with
-    ``synchronous = NORMAL`` (the WAL is written, not yet on the disk); a thread of its
-    own then flushes the WAL to the disk (``fdatasync``), and only then is each caller
-    told its result: what a caller is told is committed survives a crash and a power
-    cut. Commits go on while a flush is under way, and the next flush covers all of
-    them: one flush per round, however many jobs.
+    ``await writer.run(fn)`` queues ``fn(store)``. The jobs queued by the next turn of
+    the event loop (or, while a flush is under way, until it ends) run together in one
+    transaction, each in its own savepoint so that one failing job does not undo the
+    others. The transaction commits with ``synchronous = NORMAL`` (the WAL is written,
+    not yet on the disk); a thread of its own then flushes the WAL to the disk
+    (``fdatasync``), and only then is each caller told its result: what a caller is told
+    is committed survives a crash and a power cut. One transaction and one flush per
+    round, however many jobs; a round that wrote nothing (reads) is told at once.
 
     Why not a thread for the writer: every SQLite statement hands Python's lock
     between that thread and the busy event loop, and under load those hand-overs, not
-    SQLite, took most of the time (bench/README.md). Here only the flush leaves the
+    SQLite, took most of the time (README, Performance). Here only the flush leaves the
     loop's thread, once per round. The price: a job holds up the event loop while it
     runs, so every job is short (its caller bounds it: at most a few hundred rows).
+    Nothing leaves relay before its round is flushed: a 2xx waits for it, and a
+    delivery is sent only once its claim (a job, after its event and routing) is.
 
     The write lock held elsewhere (another process) is waited for without stopping the
     loop: the transaction is tried again every ``BUSY_RETRY`` seconds, and the jobs fail
