@@ -424,8 +424,8 @@ class GuardedClient(httpx.AsyncClient):
         if not content and not sized and method in ("POST", "PUT", "PATCH"):
             wire.append(("Content-Length", "0"))
         encoding = self.headers.encoding
-        wire += [(name.decode(encoding), value.decode(encoding)) for name, value in self.headers.raw
-                 if name.decode(encoding).lower() not in given]
+        defaults = [(name.decode(encoding), value.decode(encoding)) for name, value in self.headers.raw]
+        wire += [(name, value) for name, value in defaults if name.lower() not in given]
         for name, value in headers.items():
             value.encode("ascii")  # httpx refuses any other header value, so this does too
             wire.append((name, value))

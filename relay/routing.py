@@ -162,30 +162,25 @@ class Router:
     INDEX_EVERY = 0.5
 
     def __init__(self, writer: Writer, recipes: Callable[[], Recipes],
-                 on_queued: Callable[[], None], search: Store | None = None) -> None:
+                 on_queued: Callable[[], None], search: Store) -> None:
         self.writer = writer
         self.recipes = recipes
         self.on_queued = on_queued
         self.wake = asyncio.Event()
         self._index_at = 0.0
         # The text search is filled on a connection of its own (``search``), in a
-        # thread, off the event loop; without one, by the writer.
+        # thread, off the event loop.
         self.search = search
-        self._indexer = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="relay-search")
-                         if search is not None else None)
+        self._indexer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="relay-search")
 
     async def index_for_search(self) -> int:
-        if self.search is None or self._indexer is None:
-            return await self.writer.run(lambda s: s.index_for_search())
         return await asyncio.get_running_loop().run_in_executor(
             self._indexer, self.search.index_for_search)
 
     def close(self) -> None:
         """Wait for an index batch under way, and close the search's connection."""
-        if self._indexer is not None:
-            self._indexer.shutdown(wait=True)
-        if self.search is not None:
-            self.search.close()
+        self._indexer.shutdown(wait=True)
+        self.search.close()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -861,7 +861,6 @@ class Writer:
         self._pending: list[_Job] = []
         self._scheduled: asyncio.AbstractEventLoop | None = None
         self._locked_since: float | None = None
-        self._unflushed: list[_Outcome] = []
         self._flushing = False
 
     async def run(self, fn: Callable[[Store], T], *, savepoint: bool = True) -> T:
@@ -890,15 +889,14 @@ class Writer:
     def close(self) -> None:
         """Run what is still queued, wait for the flushes, and close the database."""
         self.store.db.execute(f"PRAGMA busy_timeout = {int(self.BUSY_TIMEOUT * 1000)}")
+        outcomes: list[_Outcome] = []
         while self._pending:
             batch, self._pending = self._pending[:self.MAX_BATCH], self._pending[self.MAX_BATCH:]
-            self._unflushed += self._run_batch(batch, self._begin())
+            outcomes += self._run_batch(batch, self._begin())
         if self._wal is not None:
             self._wal.close()  # after the flush under way, if any
-            outcomes, self._unflushed = self._unflushed, []
-            _tell(self._flush_failed(outcomes, self._wal.flush_now()))
-        else:
-            _tell(self._unflushed)
+            outcomes = self._flush_failed(outcomes, self._wal.flush_now())
+        _tell(outcomes)
         self.store.close()
 
     def _flush(self) -> None:
@@ -906,7 +904,7 @@ class Writer:
         if not self._pending or loop is None or self._flushing:
             return
         began = self._begin()
-        if began is not None and "locked" in str(began.__cause__ or began):
+        if began is not None and getattr(began.__cause__, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
             now = time.monotonic()
             if self._locked_since is None:
                 self._locked_since = now
@@ -931,21 +929,15 @@ class Writer:
             _tell(outcomes)
             self._kick(loop)
             return
-        self._unflushed += outcomes
-        self._start_flush(loop)
-
-    def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._wal is not None
+        # No other round starts until this flush is done (_kick), so these are the only
+        # outcomes waiting for it.
         self._flushing = True
-        outcomes, self._unflushed = self._unflushed, []
         self._wal.flush(loop, functools.partial(self._flushed, loop, outcomes))
 
     def _flushed(self, loop: asyncio.AbstractEventLoop, outcomes: list[_Outcome],
                  error: OSError | None) -> None:
         self._flushing = False
         _tell(self._flush_failed(outcomes, error))
-        if self._unflushed:
-            self._start_flush(loop)
         self._kick(loop)
 
     @staticmethod

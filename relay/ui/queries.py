@@ -244,7 +244,7 @@ class LogQueries:
         try:
             return len(self.dead_matching(source=source, recipe=recipe, since=since, search=search))
         except sqlite3.OperationalError as e:
-            if "interrupted" not in str(e):
+            if e.sqlite_errorcode != sqlite3.SQLITE_INTERRUPT:
                 raise
             return None
         finally:
