@@ -838,6 +838,9 @@ class Writer:
     Nothing leaves relay before its round is flushed: a 2xx waits for it, and a
     delivery is sent only once its claim (a job, after its event and routing) is.
 
+    The jobs of every event loop run on one of them (the first to use the writer), so a
+    job from another thread's loop is handed over to it.
+
     The write lock held elsewhere (another process) is waited for without stopping the
     loop: the transaction is tried again every ``BUSY_RETRY`` seconds, and the jobs fail
     with ``StorageUnavailable`` after ``BUSY_TIMEOUT``. A job that asked
@@ -862,6 +865,7 @@ class Writer:
         self._scheduled: asyncio.AbstractEventLoop | None = None
         self._locked_since: float | None = None
         self._flushing = False
+        self._home: asyncio.AbstractEventLoop | None = None  # the loop whose thread runs the jobs
 
     async def run(self, fn: Callable[[Store], T], *, savepoint: bool = True) -> T:
         """:raises StorageUnavailable: when the transaction cannot commit.
@@ -871,6 +875,12 @@ class Writer:
         A transaction that wrote nothing (reads only) is not flushed.
         """
         loop = asyncio.get_running_loop()
+        home = self._home
+        if home is not None and home is not loop and home.is_running():
+            # The connection is that loop's (another thread's): the job joins its rounds.
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(
+                self.run(fn, savepoint=savepoint), home))
+        self._home = loop  # the first loop to use it, or the next once that one has stopped
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append(_Job(fn, future, loop, savepoint))
         self._kick(loop)

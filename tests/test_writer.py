@@ -107,3 +107,40 @@ def test_closing_runs_what_is_still_queued(tmp_path: Path) -> None:
     job = asyncio.run(main())
     assert job.exception() is None
     assert secrets_in(db) == {"queued": b"q"}
+
+
+def test_jobs_from_another_threads_loop_run_on_the_writers_own(tmp_path: Path) -> None:
+    """The server's loop owns the connection; a job from another thread's loop (a CLI
+    helper, a test) is handed over to it, never run beside its rounds."""
+    import threading
+
+    db = tmp_path / "relay.db"
+    writer = Writer(db)
+    started, stop = threading.Event(), threading.Event()
+    served: list[int] = []
+
+    async def serve() -> None:  # the home loop: a steady stream of jobs
+        for n in range(100_000):
+            await writer.run(lambda s, n=n: s.put_secret(f"home{n}", b"h"))
+            served.append(n)
+            started.set()
+            if stop.is_set():
+                return
+
+    home = threading.Thread(target=asyncio.run, args=(serve(),))
+    home.start()
+    try:
+        assert started.wait(30)
+
+        async def other() -> None:
+            await asyncio.gather(*(writer.run(lambda s, i=i: s.put_secret(f"other{i}", b"o"))
+                                   for i in range(200)))
+
+        asyncio.run(other())
+    finally:
+        stop.set()
+        home.join(timeout=60)
+    writer.close()
+    names = secrets_in(db)
+    assert {f"other{i}" for i in range(200)} <= set(names)
+    assert len([n for n in names if n.startswith("home")]) == len(served)
